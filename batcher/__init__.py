@@ -1,0 +1,12 @@
+"""s3batch: many small objects, few PutObject calls.
+
+Objects are staged in Redis, packed in order into one POSIX tar per batch,
+uploaded once, and each caller learns where its object landed (a BatchRef).
+"""
+
+from batcher.config import Settings
+from batcher.errors import S3BatchError
+from batcher.models import BatchRef
+from batcher.reader import BatchReader
+
+__all__ = ["BatchReader", "BatchRef", "S3BatchError", "Settings"]

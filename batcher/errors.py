@@ -1,0 +1,71 @@
+"""Every error the project raises on purpose, under one base class.
+
+Each error takes a single human-readable message so that Celery's JSON result
+backend can carry it to the caller and rebuild the same class there.
+"""
+
+from __future__ import annotations
+
+
+class S3BatchError(Exception):
+    """Raised for every failure that s3batch detects and explains itself."""
+
+
+class ConfigError(S3BatchError):
+    """Raised when a setting is missing or has a value that cannot work."""
+
+
+class InputError(S3BatchError):
+    """Raised when a put_object call is refused before anything is staged."""
+
+
+class InvalidKeyError(InputError):
+    """Raised when an object key is not a valid S3 key (1 to 1024 UTF-8 bytes)."""
+
+
+class InvalidBodyError(InputError):
+    """Raised when an object body is not bytes-like."""
+
+
+class ObjectTooLargeError(InputError):
+    """Raised when an object body is larger than MAX_OBJECT_BYTES."""
+
+
+class InvalidMetadataError(InputError):
+    """Raised when content_type or metadata are not strings within S3's limits."""
+
+
+class ContentRefusedError(InputError):
+    """Raised when a task message is not JSON (pickle and others are refused)."""
+
+
+class StagingError(S3BatchError):
+    """Raised when Redis staging cannot take or give back objects."""
+
+
+class StagingFullError(StagingError):
+    """Raised when staging already holds MAX_STAGED_BYTES (backpressure)."""
+
+
+class UploadError(S3BatchError):
+    """Raised when a batch cannot be uploaded to S3."""
+
+
+class BatchConflictError(UploadError):
+    """Raised when S3 already holds a different object under a batch's key."""
+
+
+class ReadError(S3BatchError):
+    """Raised when an object cannot be read back from its batch."""
+
+
+class InvalidRefError(ReadError):
+    """Raised when a BatchRef is malformed (missing field, negative offset, bad range)."""
+
+
+class BatchNotFoundError(ReadError):
+    """Raised when the bucket or the batch's tar does not exist."""
+
+
+class ChecksumMismatchError(ReadError):
+    """Raised when the bytes read back do not have the SHA-256 recorded at staging."""

@@ -1,0 +1,59 @@
+"""Every Redis key s3batch uses, under one namespace and one Cluster hash tag.
+
+All keys of a lane share the hash tag ``{lane}`` so that each Lua script only
+touches keys of one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NAMESPACE = "s3batch"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names of one staging lane."""
+
+    lane: str = "0"
+    namespace: str = NAMESPACE
+
+    @property
+    def _base(self) -> str:
+        return f"{self.namespace}:{{{self.lane}}}"
+
+    @property
+    def queue(self) -> str:
+        """LIST of queue entries ``"<staged_ms> <size> <record_id>"`` in staging order."""
+        return f"{self._base}:queue"
+
+    @property
+    def totals(self) -> str:
+        """HASH of counters: staged_bytes (all in Redis), queued_bytes and queued_objects (not claimed)."""
+        return f"{self._base}:totals"
+
+    @property
+    def leases(self) -> str:
+        """ZSET of claimed batch ids scored by lease expiry (ms since the epoch)."""
+        return f"{self._base}:leases"
+
+    @property
+    def flush_requested(self) -> str:
+        """STRING with a short expiry: a flush was already requested, do not ask again."""
+        return f"{self._base}:flush-requested"
+
+    def record(self, record_id: str) -> str:
+        """HASH holding one staged object's key, body and attributes."""
+        return f"{self._base}:rec:{record_id}"
+
+    def seen(self, record_id: str) -> str:
+        """STRING with an expiry: this record id was staged once, never stage it again."""
+        return f"{self._base}:seen:{record_id}"
+
+    def batch(self, batch_id: str) -> str:
+        """HASH describing one claimed batch (S3 key, creation time, lease token, state)."""
+        return f"{self._base}:batch:{batch_id}"
+
+    def batch_entries(self, batch_id: str) -> str:
+        """LIST of the queue entries a batch claimed, in staging order."""
+        return f"{self._base}:batch:{batch_id}:entries"

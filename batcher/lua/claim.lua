@@ -1,0 +1,44 @@
+#!lua
+-- Take the oldest queued objects as one batch if a batch is due, under a lease.
+-- KEYS: queue, totals, leases, batch, batch_entries
+-- ARGV: now_ms, max_age_ms, max_objects, max_bytes, lease_ms, token, batch_id, s3_key, force
+-- Returns false when nothing is due, else {objects, bytes}.
+local now = tonumber(ARGV[1])
+local max_age = tonumber(ARGV[2])
+local max_objects = tonumber(ARGV[3])
+local max_bytes = tonumber(ARGV[4])
+
+local head = redis.call('LINDEX', KEYS[1], 0)
+if not head then
+  return false
+end
+local queued_bytes = tonumber(redis.call('HGET', KEYS[2], 'queued_bytes') or '0')
+local queued_objects = redis.call('LLEN', KEYS[1])
+local oldest = tonumber(string.match(head, '^(%d+) '))
+local due = ARGV[9] == '1' or now - oldest >= max_age or queued_objects >= max_objects
+  or queued_bytes >= max_bytes
+if not due then
+  return false
+end
+
+local entries = redis.call('LRANGE', KEYS[1], 0, max_objects - 1)
+local take, bytes = 0, 0
+for i, entry in ipairs(entries) do
+  local size = tonumber(string.match(entry, '^%d+ (%d+) '))
+  if take > 0 and bytes + size > max_bytes then
+    break
+  end
+  take = i
+  bytes = bytes + size
+end
+
+redis.call('LTRIM', KEYS[1], take, -1)
+for first = 1, take, 1000 do
+  redis.call('RPUSH', KEYS[5], unpack(entries, first, math.min(first + 999, take)))
+end
+redis.call('HSET', KEYS[4], 'batch_id', ARGV[7], 's3_key', ARGV[8], 'created_ms', now, 'token', ARGV[6],
+  'objects', take, 'bytes', bytes, 'state', 'claimed')
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[7])
+redis.call('HINCRBY', KEYS[2], 'queued_bytes', -bytes)
+redis.call('HINCRBY', KEYS[2], 'queued_objects', -take)
+return {take, bytes}

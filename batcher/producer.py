@@ -1,0 +1,54 @@
+"""The producer side: validate one put_object call and stage it (guarantee 7 before guarantee 3)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from batcher.config import Settings
+from batcher.errors import StagingFullError
+from batcher.models import StagedObject
+from batcher.staging import FULL, Staging
+from batcher.validation import check_body, check_content_type, check_key, check_metadata
+
+
+def prepare_object(
+    settings: Settings,
+    record_id: str,
+    key: Any,
+    body: Any,
+    content_type: Any = None,
+    metadata: Any = None,
+) -> StagedObject:
+    """A validated object ready to stage; raises an InputError subclass naming the problem."""
+    object_key = check_key(key)
+    data = check_body(object_key, body, settings.max_object_bytes)
+    return StagedObject(
+        record_id=record_id,
+        object_key=object_key,
+        body=data,
+        staged_ms=int(time.time() * 1000),
+        sha256=hashlib.sha256(data).hexdigest(),
+        content_type=check_content_type(object_key, content_type),
+        metadata=check_metadata(object_key, metadata),
+    )
+
+
+def stage_object(settings: Settings, staging: Staging, obj: StagedObject) -> tuple[bool, bool]:
+    """Stage one object; returns (newly staged, flush wanted). Raises StagingFullError, StagingError."""
+    outcome = staging.stage(
+        [obj],
+        max_staged_bytes=settings.max_staged_bytes,
+        max_batch_bytes=settings.max_batch_bytes,
+        max_batch_objects=settings.max_batch_objects,
+    )
+    (status,) = outcome.statuses
+    if status == FULL:
+        totals = staging.totals()
+        raise StagingFullError(
+            f"staging is full: {totals['staged_bytes']} bytes staged, S3BATCH_MAX_STAGED_BYTES="
+            f"{settings.max_staged_bytes}; {obj.object_key!r} ({obj.size} bytes) was not staged. "
+            "Retry later, or add workers or raise the limit if uploads cannot keep up"
+        )
+    return status == 1, outcome.flush_wanted

@@ -1,0 +1,88 @@
+"""Writes task states into Celery's result backend on behalf of the flush.
+
+On the Redis backend, SUCCESS for a whole batch goes out in pipelined round
+trips (SET + PUBLISH per task, exactly what the backend itself does, so every
+waiting ``AsyncResult.get()`` wakes at once); STAGED is written by a tiny Lua
+script that never replaces a final state. Other backends get the generic calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery, states
+from celery.backends.redis import RedisBackend
+
+from batcher.models import BatchRef
+
+STAGED = "STAGED"
+_PIPELINE_CHUNK = 500
+
+# Write STAGED unless the task already reached SUCCESS or FAILURE (the flush may be faster than us).
+_MARK_STAGED = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, meta = pcall(cjson.decode, current)
+  if ok and type(meta) == 'table' and (meta.status == 'SUCCESS' or meta.status == 'FAILURE') then
+    return 0
+  end
+end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('PUBLISH', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+class ResultWriter:
+    """Stores STAGED and SUCCESS states for put_object tasks."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.backend = app.backend
+        self._redis = isinstance(self.backend, RedisBackend)
+        self._mark_staged = self.backend.client.register_script(_MARK_STAGED) if self._redis else None
+
+    def _meta(self, task_id: str, state: str, result: Any) -> str:
+        meta = {
+            "status": state,
+            "result": result,
+            "traceback": None,
+            "children": [],
+            "date_done": datetime.now(UTC).isoformat() if state in states.READY_STATES else None,
+            "task_id": task_id,
+        }
+        encoded: str = self.backend.encode(meta)
+        return encoded
+
+    def mark_staged(self, task_id: str, info: dict[str, Any]) -> None:
+        """Record that the object's bytes are in Redis staging."""
+        if self._mark_staged is None:
+            self.backend.store_result(task_id, info, STAGED)
+            return
+        key = self.backend.get_key_for_task(task_id)
+        self._mark_staged(keys=[key], args=[self._meta(task_id, STAGED, info), int(self.backend.expires or 0)])
+
+    def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
+        """Store SUCCESS with each ref's dict; repeating it for the same task is harmless."""
+        if not self._redis:
+            for task_id, ref in refs:
+                self.backend.mark_as_done(task_id, ref.to_dict())
+            return
+        expires = self.backend.expires
+        for start in range(0, len(refs), _PIPELINE_CHUNK):
+            with self.backend.client.pipeline(transaction=False) as pipe:
+                for task_id, ref in refs[start : start + _PIPELINE_CHUNK]:
+                    key = self.backend.get_key_for_task(task_id)
+                    value = self._meta(task_id, states.SUCCESS, ref.to_dict())
+                    if expires:
+                        pipe.setex(key, expires, value)
+                    else:
+                        pipe.set(key, value)
+                    pipe.publish(key, value)
+                pipe.execute()

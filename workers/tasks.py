@@ -1,0 +1,124 @@
+"""The s3batch tasks: ``s3batch.put_object`` stages one object, ``s3batch.flush`` uploads due batches."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+from celery.signals import worker_process_init
+
+from batcher.config import Settings
+from batcher.errors import InputError, StagingError
+from batcher.flush import Flusher
+from batcher.producer import prepare_object, stage_object
+from batcher.staging import Staging, connect
+from batcher.uploader import Uploader
+from workers.app import app, settings
+from workers.results import STAGED, ResultWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Per-process clients, created on first use (after the worker forks)."""
+
+    settings: Settings
+
+    @cached_property
+    def staging(self) -> Staging:
+        return Staging(connect(self.settings.redis_url))
+
+    @cached_property
+    def results(self) -> ResultWriter:
+        return ResultWriter(app)
+
+    @cached_property
+    def flusher(self) -> Flusher:
+        return Flusher(self.settings, self.staging, Uploader(), self.results.publish)
+
+
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    global _runtime
+    if _runtime is None:
+        _runtime = Runtime(settings)
+    return _runtime
+
+
+@worker_process_init.connect
+def _fresh_clients_after_fork(**_: Any) -> None:
+    global _runtime
+    _runtime = None
+
+
+class PutObjectTask(Task):  # type: ignore[misc]
+    """Keeps message metadata small: bodies never appear in argsrepr/kwargsrepr."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        args = list(args or ())
+        kwargs = dict(kwargs or {})
+        if len(args) >= 2:
+            args[1] = _plain_bytes(args[1])
+        if "body" in kwargs:
+            kwargs["body"] = _plain_bytes(kwargs["body"])
+        shown = [repr(a) if i != 1 else _describe_body(a) for i, a in enumerate(args)]
+        options.setdefault("argsrepr", f"({', '.join(shown)})")
+        options.setdefault(
+            "kwargsrepr", repr({k: (_describe_body(v) if k == "body" else v) for k, v in kwargs.items()})
+        )
+        return super().apply_async(args, kwargs, **options)
+
+
+def _plain_bytes(body: Any) -> Any:
+    """bytearray and memoryview become bytes, which the JSON serializer can carry."""
+    return bytes(body) if isinstance(body, bytearray | memoryview) else body
+
+
+def _describe_body(body: Any) -> str:
+    return f"<{len(body)} bytes>" if isinstance(body, bytes) else f"<{type(body).__name__}>"
+
+
+@app.task(
+    bind=True,
+    base=PutObjectTask,
+    name="s3batch.put_object",
+    throws=(InputError,),
+    autoretry_for=(StagingError,),
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=10,
+)
+def put_object(
+    self: Task, key: str, body: bytes, content_type: str | None = None, metadata: dict[str, str] | None = None
+) -> None:
+    """Validate and stage one object; the flush stores SUCCESS with its BatchRef dict later.
+
+    Fails with an InputError subclass for bad input; retries with backoff while staging is
+    full or Redis is unavailable.
+    """
+    rt = runtime()
+    obj = prepare_object(rt.settings, self.request.id, key, body, content_type, metadata)
+    _, flush_wanted = stage_object(rt.settings, rt.staging, obj)
+    rt.results.mark_staged(self.request.id, {"object_key": obj.object_key, "size": obj.size, "sha256": obj.sha256})
+    if flush_wanted:
+        flush.apply_async(expires=60)
+    raise Ignore()
+
+
+@app.task(name="s3batch.flush", ignore_result=True)
+def flush(force: bool = False) -> None:
+    """Finish abandoned batches, then upload every due batch (all staged ones when ``force``)."""
+    flushed = runtime().flusher.flush(force=force)
+    if flushed:
+        log.debug("s3batch flush finished %d batches", len(flushed))
+
+
+__all__ = ["STAGED", "flush", "put_object"]
