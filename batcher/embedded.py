@@ -7,6 +7,7 @@ this process or as a subprocess (which keeps its work off our GIL).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -100,6 +101,7 @@ class S3Server:
                 "AWS_ENDPOINT_URL_S3 at an S3-compatible server"
             ) from None
         if in_process:
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
             self._threaded = ThreadedMotoServer(ip_address=LOOPBACK, port=self.port, verbose=False)
             self._threaded.start()
         else:

@@ -109,12 +109,9 @@ class Flusher:
         if batch.state != "done":
             keys = self.staging.read_keys(entries)
             with self._lease(batch):
-                tar = build_tar(keys, self.staging.read_objects(entries))
-                try:
+                with build_tar(keys, self.staging.read_objects(entries)) as tar:
                     tar_bytes = tar.size
                     etag = self.uploader.upload(self.bucket, batch.s3_key, tar)
-                finally:
-                    tar.close()
             refs = [
                 (m.record_id, BatchRef(self.bucket, batch.s3_key, m.offset, m.size, m.object_key, batch.batch_id, etag, m.sha256))
                 for m in tar.members

@@ -50,6 +50,12 @@ class BuiltTar:
     def close(self) -> None:
         self.file.close()
 
+    def __enter__(self) -> BuiltTar:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
 
 def pax_comment(obj: StagedObject, name: str) -> str | None:
     """The member's s3batch facts as JSON for the standard pax ``comment`` record (readers ignore it)."""

@@ -1,0 +1,153 @@
+"""Settings: DESIGN.md's defaults, every S3BATCH_* variable, and clear errors for bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from batcher.config import DEFAULT_REDIS_URL, Settings
+from batcher.errors import ConfigError, S3BatchError
+
+ALL_VARIABLES = {
+    "S3BATCH_BUCKET": "my-bucket",
+    "S3BATCH_PREFIX": "custom/prefix/",
+    "S3BATCH_REDIS_URL": "redis://example:6380/3",
+    "S3BATCH_MAX_BATCH_AGE": "2.5",
+    "S3BATCH_MAX_BATCH_BYTES": "1000000",
+    "S3BATCH_MAX_BATCH_OBJECTS": "50",
+    "S3BATCH_MAX_OBJECT_BYTES": "4096",
+    "S3BATCH_MAX_STAGED_BYTES": "2000000",
+}
+
+NUMERIC_VARIABLES = [
+    "S3BATCH_MAX_BATCH_AGE",
+    "S3BATCH_MAX_BATCH_BYTES",
+    "S3BATCH_MAX_BATCH_OBJECTS",
+    "S3BATCH_MAX_OBJECT_BYTES",
+    "S3BATCH_MAX_STAGED_BYTES",
+]
+
+
+def test_defaults_match_design_table() -> None:
+    settings = Settings()
+    assert settings.bucket is None
+    assert settings.prefix == "batches/"
+    assert settings.redis_url == "redis://localhost:6379/0" == DEFAULT_REDIS_URL
+    assert settings.max_batch_age_s == 10
+    assert settings.max_batch_bytes == 67108864
+    assert settings.max_batch_objects == 10000
+    assert settings.max_object_bytes == 5242880
+    assert settings.max_staged_bytes == 1073741824
+
+
+def test_from_empty_env_gives_defaults() -> None:
+    assert Settings.from_env({}) == Settings()
+
+
+def test_blank_values_fall_back_to_defaults() -> None:
+    assert Settings.from_env({name: "  " for name in ALL_VARIABLES}) == Settings()
+
+
+def test_from_env_reads_every_variable() -> None:
+    settings = Settings.from_env(ALL_VARIABLES)
+    assert settings == Settings(
+        bucket="my-bucket",
+        prefix="custom/prefix/",
+        redis_url="redis://example:6380/3",
+        max_batch_age_s=2.5,
+        max_batch_bytes=1_000_000,
+        max_batch_objects=50,
+        max_object_bytes=4096,
+        max_staged_bytes=2_000_000,
+    )
+    # Every field is covered: none kept its default.
+    for field in dataclasses.fields(Settings):
+        assert getattr(settings, field.name) != field.default, field.name
+
+
+def test_from_env_ignores_unrelated_variables() -> None:
+    assert Settings.from_env({"BUCKET": "x", "S3BATCH_OTHER": "y", "AWS_DEFAULT_REGION": "eu-west-1"}) == Settings()
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("S3BATCH_BUCKET", "from-os-environ")
+    monkeypatch.setenv("S3BATCH_MAX_BATCH_AGE", "3")
+    settings = Settings.from_env()
+    assert settings.bucket == "from-os-environ"
+    assert settings.max_batch_age_s == 3.0
+
+
+def test_sizes_accept_underscores_and_whitespace() -> None:
+    settings = Settings.from_env({"S3BATCH_MAX_BATCH_BYTES": " 64_000_000 "})
+    assert settings.max_batch_bytes == 64_000_000
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().prefix = "other/"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", NUMERIC_VARIABLES)
+@pytest.mark.parametrize("value", ["abc", "0", "-1"])
+def test_bad_numeric_value_names_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    assert name in str(info.value)
+    assert isinstance(info.value, S3BatchError)
+
+
+@pytest.mark.parametrize("name", NUMERIC_VARIABLES[1:])
+def test_sizes_must_be_integers(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: "1.5"})
+
+
+def test_batch_age_may_be_fractional() -> None:
+    assert Settings.from_env({"S3BATCH_MAX_BATCH_AGE": "0.5"}).max_batch_age_s == 0.5
+
+
+def test_object_larger_than_batch_is_refused() -> None:
+    env = {"S3BATCH_MAX_BATCH_BYTES": "1000", "S3BATCH_MAX_OBJECT_BYTES": "1001"}
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert "S3BATCH_MAX_OBJECT_BYTES" in str(info.value)
+    assert "S3BATCH_MAX_BATCH_BYTES" in str(info.value)
+
+
+def test_object_as_large_as_batch_is_accepted() -> None:
+    settings = Settings(max_batch_bytes=1000, max_object_bytes=1000, max_staged_bytes=1000)
+    assert settings.max_object_bytes == settings.max_batch_bytes
+
+
+def test_staging_smaller_than_a_batch_is_refused() -> None:
+    with pytest.raises(ConfigError, match="S3BATCH_MAX_STAGED_BYTES"):
+        Settings(max_batch_bytes=10_000_000, max_object_bytes=1000, max_staged_bytes=9_999_999)
+
+
+def test_absolute_prefix_is_refused() -> None:
+    with pytest.raises(ConfigError, match="S3BATCH_PREFIX"):
+        Settings.from_env({"S3BATCH_PREFIX": "/batches/"})
+
+
+def test_require_bucket_raises_when_unset() -> None:
+    with pytest.raises(ConfigError, match="S3BATCH_BUCKET"):
+        Settings().require_bucket()
+    with pytest.raises(ConfigError, match="S3BATCH_BUCKET"):
+        Settings(bucket="").require_bucket()
+
+
+def test_require_bucket_returns_the_bucket() -> None:
+    assert Settings.from_env({"S3BATCH_BUCKET": "b1"}).require_bucket() == "b1"
+
+
+@pytest.mark.parametrize(
+    ("age_s", "interval_s"),
+    [(10.0, 1.0), (100.0, 1.0), (5.0, 0.5), (3.0, 0.3), (2.0, 0.2), (1.0, 0.2), (0.1, 0.2)],
+)
+def test_flush_interval_is_a_tenth_of_the_age_between_bounds(age_s: float, interval_s: float) -> None:
+    assert Settings(max_batch_age_s=age_s).flush_interval_s == pytest.approx(interval_s)
+
+
+def test_default_flush_interval_is_within_one_second() -> None:
+    assert Settings().flush_interval_s == 1.0
