@@ -1,0 +1,210 @@
+"""put_object.delay() -> Redis staging -> beat flush -> tar -> S3 -> AsyncResult, with real workers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import subprocess
+import tarfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery.result import AsyncResult, ResultSet
+
+from batcher import BatchReader, BatchRef
+from tests.support import Stack
+
+TRICKY_KEYS = [
+    "users/42/avatar.png",
+    "é" * 512,  # 1,024 UTF-8 bytes
+    "k" * 1024,
+    "ключ/файл.txt",
+    "日本語/データ/🙂.json",
+    "..",
+    ".",
+    "../../etc/passwd",
+    "a/../../b",
+    "/leading/slash",
+    "double//slash",
+    "trailing/",
+    "///",
+    "with space/and more spaces ",
+    "new\nline/tab\tand\rreturn",
+    "percent%2F/%",
+    "a",
+    "a/b",
+    "a",  # the same key twice is two objects
+    "x" * 300 + "/" + "y" * 300,  # segments over 255 bytes
+]
+
+
+def wait_all(results: list[AsyncResult], timeout_s: float = 180) -> list[dict[str, Any]]:
+    ResultSet(results).join_native(timeout=timeout_s)
+    return [r.get(timeout=1) for r in results]
+
+
+def sample_objects(count: int, rng: random.Random) -> list[tuple[str, bytes]]:
+    objects = []
+    for i in range(count):
+        key = TRICKY_KEYS[i] if i < len(TRICKY_KEYS) else f"data/{i % 37}/object-{i:05d}.bin"
+        if i % 40 == 0:
+            size = rng.choice([64 * 1024, 300_000, 1024 * 1024])
+        else:
+            size = rng.choice([0, 1, 100, 511, 512, 513, 1024, 4000])
+        objects.append((key, rng.randbytes(size)))
+    return objects
+
+
+def test_round_trip_exact_bytes_and_standard_tars(stack: Stack, tmp_path: Path) -> None:
+    from workers.tasks import put_object
+
+    stack.start_worker(S3BATCH_MAX_BATCH_BYTES=8 * 1024 * 1024, S3BATCH_MAX_OBJECT_BYTES=1024 * 1024)
+    objects = sample_objects(2000, random.Random(7))
+    results = [put_object.delay(key, body) for key, body in objects]
+    payloads = wait_all(results)
+
+    by_location: dict[tuple[str, int], tuple[str, bytes]] = {}
+    for (key, body), result in zip(objects, payloads, strict=True):
+        ref = BatchRef.from_dict(result)
+        assert result["object_key"] == key and result["size"] == len(body)
+        assert result["sha256"] == hashlib.sha256(body).hexdigest()
+        assert result["bucket"] == stack.settings.bucket and result["key"].endswith(f"/{result['batch_id']}.tar")
+        if body:
+            raw = stack.s3.get_object(Bucket=ref.bucket, Key=ref.key, Range=result["range"])["Body"].read()
+            assert raw == body, key
+        else:
+            assert not result["range"]
+        by_location[(ref.key, ref.offset)] = (key, body)
+
+    batch_keys = stack.batch_keys()
+    assert batch_keys == sorted({p["key"] for p in payloads})
+    members = 0
+    for n, batch_key in enumerate(batch_keys):
+        path = tmp_path / f"batch{n}.tar"
+        path.write_bytes(stack.tar_bytes(batch_key))
+        members += check_with_every_tar_tool(path, tmp_path / f"x{n}", batch_key, by_location)
+    assert members == len(objects)
+
+
+def check_with_every_tar_tool(
+    path: Path, workdir: Path, batch_key: str, by_location: dict[tuple[str, int], tuple[str, bytes]]
+) -> int:
+    """GNU tar, bsdtar and tarfile (data filter) list and extract the batch silently, with exact bytes."""
+    for tool in ("tar", "bsdtar"):
+        listed = subprocess.run([tool, "-tvf", str(path)], capture_output=True, check=False)
+        assert (listed.returncode, listed.stderr) == (0, b""), (tool, listed.stderr)
+        target = workdir / tool
+        target.mkdir(parents=True)
+        extracted = subprocess.run([tool, "-xf", str(path), "-C", str(target)], capture_output=True, check=False)
+        assert (extracted.returncode, extracted.stderr) == (0, b""), (tool, extracted.stderr)
+    target = workdir / "tarfile"
+    with tarfile.open(path) as archive:
+        archive.extractall(target, filter="data")
+        count = 0
+        for member in archive.getmembers():
+            key, body = by_location[(batch_key, member.offset_data)]
+            facts = json.loads(member.pax_headers.get("comment", "{}"))
+            assert facts.get("key", member.name) == key
+            for root in ("tar", "bsdtar"):
+                assert (workdir / root / member.name).read_bytes() == body
+            assert (target / member.name).read_bytes() == body
+            assert (target / member.name).resolve().is_relative_to(target.resolve())
+            count += 1
+    return count
+
+
+def test_states_result_fields_and_reader(stack: Stack) -> None:
+    from workers.tasks import put_object
+
+    stack.start_worker(S3BATCH_MAX_BATCH_AGE=2)
+    data = b"\x89PNG fake avatar" * 100
+    r = put_object.delay("users/42/avatar.png", data, content_type="image/png")
+    deadline = time.monotonic() + 10
+    while r.state == "PENDING" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert r.state == "STAGED"
+    assert r.info["sha256"] == hashlib.sha256(data).hexdigest()
+    result = r.get(timeout=15)
+    assert r.state == "SUCCESS"
+    assert set(result) == {"bucket", "key", "offset", "size", "range", "object_key", "batch_id", "etag", "sha256"}
+    json.dumps(result)
+    assert result["etag"] == stack.s3.head_object(Bucket=result["bucket"], Key=result["key"])["ETag"]
+    assert BatchReader().get(BatchRef.from_dict(result)) == data
+
+
+def test_two_workers_ten_thousand_objects_each_in_exactly_one_batch(stack: Stack) -> None:
+    from workers.tasks import put_object
+
+    limits = {"S3BATCH_MAX_BATCH_OBJECTS": 700, "S3BATCH_MAX_BATCH_AGE": 1}
+    stack.start_worker(beat=True, **limits)
+    stack.start_worker(beat=False, **limits)
+    bodies = [f"object {i:05d} ".encode() * (1 + i % 7) for i in range(10_000)]
+    results = [put_object.delay(f"load/{i:05d}", body) for i, body in enumerate(bodies)]
+    payloads = wait_all(results, timeout_s=300)
+
+    locations = {(p["key"], p["offset"]) for p in payloads}
+    assert len(locations) == len(bodies)  # no two objects share a place
+    batch_keys = stack.batch_keys()
+    assert sorted({p["key"] for p in payloads}) == batch_keys
+    members: list[tuple[str, int]] = []
+    for batch_key in batch_keys:
+        batch = stack.members(batch_key)
+        assert len(batch) <= 700
+        mtimes = [m.mtime for m in batch]
+        assert mtimes == sorted(mtimes)  # staging order within a batch
+        members += [(batch_key, m.offset_data) for m in batch]
+    assert len(members) == len(set(members)) == len(bodies)  # every object in exactly one batch
+    assert set(members) == locations
+    for body, payload in zip(bodies, payloads, strict=True):
+        assert payload["sha256"] == hashlib.sha256(body).hexdigest()
+    assert stack.staging.totals()["staged_bytes"] == 0
+
+
+def test_age_trigger_uploads_a_lone_object_after_max_batch_age(stack: Stack) -> None:
+    from workers.tasks import put_object
+
+    stack.start_worker(S3BATCH_MAX_BATCH_AGE=2)
+    r = put_object.delay("lonely", b"just me")
+    while r.state == "PENDING":
+        time.sleep(0.005)
+    staged_at = time.time()
+    assert r.state == "STAGED"
+    result = r.get(timeout=10)
+    done = datetime.fromisoformat(r._get_task_meta()["date_done"]).timestamp()
+    waited = done - staged_at
+    tick = 0.2
+    assert 2 - 0.1 <= waited <= 2 + tick + 1.0, waited  # 1 s of slack for the upload on a busy machine
+    assert stack.batch_keys() == [result["key"]]
+
+
+def test_count_and_byte_thresholds_close_batches_without_waiting_for_age(stack: Stack) -> None:
+    from workers.tasks import put_object
+
+    stack.start_worker(
+        S3BATCH_MAX_BATCH_AGE=120, S3BATCH_MAX_BATCH_OBJECTS=50, S3BATCH_MAX_BATCH_BYTES=40_000,
+        S3BATCH_MAX_OBJECT_BYTES=20_000,
+    )  # fmt: skip
+    by_count = [put_object.delay(f"small/{i}", b"s" * 10) for i in range(120)]
+    by_bytes = [put_object.delay(f"big/{i}", b"b" * 15_000) for i in range(5)]
+    done = wait_all(by_count[:100], timeout_s=30)
+    assert all(len({p["key"] for p in done[i : i + 50]}) == 1 for i in (0, 50))
+    # 15,000 * 3 > 40,000: the byte limit closes batches of two big objects (plus staged small ones)
+    big = wait_all(by_bytes[:4], timeout_s=30)
+    for batch_key in {p["key"] for p in big}:
+        sizes = [m.size for m in stack.members(batch_key)]
+        assert sum(sizes) <= 40_000 and len(sizes) <= 50
+    # the rest stays staged: below every threshold, and 120 s is far away
+    time.sleep(2)
+    assert by_bytes[4].state == "STAGED"
+    assert stack.staging.totals()["queued_objects"] >= 1
+
+
+def test_nothing_staged_no_put_object(stack: Stack) -> None:
+    stack.start_worker(S3BATCH_MAX_BATCH_AGE=1)
+    time.sleep(3)  # about 15 beat ticks
+    assert stack.batch_keys() == []
