@@ -29,9 +29,21 @@ def safe_segment(segment: str) -> str:
     )
     if len(escaped.encode("utf-8")) <= MAX_SEGMENT_BYTES:
         return escaped
-    # Keep a readable head and make it unique with a digest of the whole segment.
-    head = escaped.encode("utf-8")[:_TRUNCATED_BYTES].decode("utf-8", errors="ignore")
-    return f"{head}~{hashlib.sha256(segment.encode('utf-8')).hexdigest()[:32]}"
+    # Keep a readable head and make it unique with a digest of the whole segment. "%~" never
+    # occurs in an escaped literal segment (every literal '%' becomes %25), so this stays injective.
+    return f"{_truncate(escaped, _TRUNCATED_BYTES)}%~{hashlib.sha256(segment.encode('utf-8')).hexdigest()[:32]}"
+
+
+def _truncate(text: str, max_bytes: int) -> str:
+    """The longest prefix of ``text`` that is at most ``max_bytes`` UTF-8 bytes."""
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def _with_suffix(name: str, suffix: str) -> str:
+    """``name`` plus ``suffix``, shortening the last segment so that it stays within 255 bytes."""
+    head, _, last = name.rpartition("/")
+    last = _truncate(last, MAX_SEGMENT_BYTES - len(suffix.encode("utf-8"))) + suffix
+    return f"{head}/{last}" if head else last
 
 
 def safe_name(key: str) -> str:
@@ -49,7 +61,7 @@ def member_names(keys: Iterable[str]) -> list[str]:
         candidate, n = name, 0
         while candidate in taken or candidate in directories:
             n += 1
-            candidate = f"{name}~{n}"
+            candidate = _with_suffix(name, f"~{n}")
         taken.add(candidate)
         result.append(candidate)
     return result

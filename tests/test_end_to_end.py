@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import subprocess
 import tarfile
@@ -95,12 +96,13 @@ def check_with_every_tar_tool(
     path: Path, workdir: Path, batch_key: str, by_location: dict[tuple[str, int], tuple[str, bytes]]
 ) -> int:
     """GNU tar, bsdtar and tarfile (data filter) list and extract the batch silently, with exact bytes."""
+    env = dict(os.environ, LC_ALL="C.UTF-8")  # bsdtar converts non-ASCII names to the locale's charset
     for tool in ("tar", "bsdtar"):
-        listed = subprocess.run([tool, "-tvf", str(path)], capture_output=True, check=False)
+        listed = subprocess.run([tool, "-tvf", str(path)], capture_output=True, check=False, env=env)
         assert (listed.returncode, listed.stderr) == (0, b""), (tool, listed.stderr)
         target = workdir / tool
         target.mkdir(parents=True)
-        extracted = subprocess.run([tool, "-xf", str(path), "-C", str(target)], capture_output=True, check=False)
+        extracted = subprocess.run([tool, "-xf", str(path), "-C", str(target)], capture_output=True, check=False, env=env)
         assert (extracted.returncode, extracted.stderr) == (0, b""), (tool, extracted.stderr)
     target = workdir / "tarfile"
     with tarfile.open(path) as archive:

@@ -51,7 +51,12 @@ def test_to_dict_has_exactly_the_design_fields() -> None:
 
 @pytest.mark.parametrize(
     ("offset", "size", "expected"),
-    [(0, 1, "bytes=0-0"), (512, 1, "bytes=512-512"), (1024, 5, "bytes=1024-1028"), (1536, 100_000, "bytes=1536-101535")],
+    [
+        (0, 1, "bytes=0-0"),
+        (512, 1, "bytes=512-512"),
+        (1024, 5, "bytes=1024-1028"),
+        (1536, 100_000, "bytes=1536-101535"),
+    ],
 )
 def test_range_is_inclusive(offset: int, size: int, expected: str) -> None:
     ref = BatchRef.from_dict(ref_dict(offset=offset, size=size, range=None))
@@ -76,7 +81,9 @@ def test_staged_object_size_is_body_length() -> None:
     assert obj.size == 5
 
 
-@pytest.mark.parametrize("field", ["bucket", "key", "offset", "size", "object_key", "batch_id", "etag", "sha256"])
+@pytest.mark.parametrize(
+    "field", ["bucket", "key", "offset", "size", "object_key", "batch_id", "etag", "sha256"]
+)
 def test_missing_field_is_refused(field: str) -> None:
     data = ref_dict()
     del data[field]

@@ -28,7 +28,7 @@ def utf8_len(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
-# ---- keys ---------------------------------------------------------------------------------------------------
+# ---- keys ----
 
 
 @pytest.mark.parametrize(
@@ -89,7 +89,7 @@ def test_key_errors_are_input_errors() -> None:
     assert issubclass(InvalidKeyError, S3BatchError)
 
 
-# ---- bodies -------------------------------------------------------------------------------------------------
+# ---- bodies ----
 
 
 @pytest.mark.parametrize(
@@ -136,7 +136,7 @@ def test_check_body_size_limit_applies_to_bytearray() -> None:
         check_body("k", bytearray(11), 10)
 
 
-# ---- content type -------------------------------------------------------------------------------------------
+# ---- content type ----
 
 
 @pytest.mark.parametrize("content_type", [None, "image/png", "text/plain; charset=utf-8", "a" * 256])
@@ -152,7 +152,7 @@ def test_check_content_type_rejects(content_type: Any) -> None:
         check_content_type("k", content_type)
 
 
-# ---- metadata -----------------------------------------------------------------------------------------------
+# ---- metadata ----
 
 
 def test_check_metadata_none_is_empty() -> None:

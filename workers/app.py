@@ -33,7 +33,6 @@ app.conf.update(
     # longest put_object retry countdown so a waiting retry is never delivered twice.
     broker_transport_options={"visibility_timeout": max(60, int(6 * settings.max_batch_age_s))},
     broker_connection_retry_on_startup=True,
-    worker_consumer="workers.consumer:RefusingConsumer",
     beat_schedule={
         "s3batch-flush": {
             "task": "s3batch.flush",

@@ -9,10 +9,11 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
-from celery.signals import worker_process_init
+from celery.signals import task_rejected, worker_process_init
+from kombu.exceptions import ContentDisallowed
 
 from batcher.config import Settings
-from batcher.errors import InputError, StagingError
+from batcher.errors import ContentRefusedError, InputError, StagingError
 from batcher.flush import Flusher
 from batcher.producer import prepare_object, stage_object
 from batcher.staging import Staging, connect
@@ -56,6 +57,20 @@ def runtime() -> Runtime:
 def _fresh_clients_after_fork(**_: Any) -> None:
     global _runtime
     _runtime = None
+
+
+@task_rejected.connect
+def _fail_refused_messages(message: Any = None, exc: Exception | None = None, **_: Any) -> None:
+    """Celery drops a non-JSON message with a log line; give its caller a FAILURE that says why."""
+    headers = getattr(message, "headers", None) or {}
+    task_id, task_name = headers.get("id"), str(headers.get("task", ""))
+    if not isinstance(exc, ContentDisallowed) or not task_id or not task_name.startswith("s3batch."):
+        return
+    error = ContentRefusedError(
+        f"task {task_name} {task_id} was sent as {message.content_type!r}; s3batch workers accept only "
+        "JSON messages (send with serializer='json', the default of the s3batch app)"
+    )
+    app.backend.mark_as_failure(task_id, error)
 
 
 class PutObjectTask(Task):  # type: ignore[misc]
