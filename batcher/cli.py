@@ -10,15 +10,17 @@ from batcher.errors import S3BatchError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="s3batch", description="Many small objects, few S3 PutObject calls.")
+    parser = argparse.ArgumentParser(
+        prog="s3batch", description="Many small objects, few S3 PutObject calls."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
         "demo",
         help="run the whole job on embedded defaults and print what batching saved",
-        description="Starts a local redis-server and an in-process S3-compatible server unless S3BATCH_REDIS_URL "
-        "and AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL say otherwise, runs a worker with beat, sends sample "
-        "objects, reads some back by range and prints a summary.",
+        description="Starts a local redis-server and an in-process S3-compatible server unless "
+        "S3BATCH_REDIS_URL and AWS_ENDPOINT_URL_S3/AWS_ENDPOINT_URL say otherwise, runs a worker with "
+        "beat, sends sample objects, reads some back by range and prints a summary.",
     )
     demo.add_argument("--objects", type=int, default=3000, help="sample objects to send (default 3000)")
     demo.add_argument("--workers", type=int, default=1, help="worker processes (default 1, with beat)")

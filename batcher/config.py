@@ -35,7 +35,9 @@ class Settings:
         _check_positive("S3BATCH_MAX_OBJECT_BYTES", self.max_object_bytes)
         _check_positive("S3BATCH_MAX_STAGED_BYTES", self.max_staged_bytes)
         if self.max_batch_bytes > _MAX_S3_OBJECT_BYTES:
-            raise ConfigError(f"S3BATCH_MAX_BATCH_BYTES={self.max_batch_bytes} is above S3's 5 TiB object limit")
+            raise ConfigError(
+                f"S3BATCH_MAX_BATCH_BYTES={self.max_batch_bytes} is above S3's 5 TiB object limit"
+            )
         if self.max_object_bytes > self.max_batch_bytes:
             raise ConfigError(
                 f"S3BATCH_MAX_OBJECT_BYTES={self.max_object_bytes} is larger than "
@@ -47,7 +49,9 @@ class Settings:
                 f"S3BATCH_MAX_BATCH_BYTES={self.max_batch_bytes}: a full batch could never be staged"
             )
         if self.prefix.startswith("/"):
-            raise ConfigError(f"S3BATCH_PREFIX={self.prefix!r} must not start with '/' (S3 keys are relative)")
+            raise ConfigError(
+                f"S3BATCH_PREFIX={self.prefix!r} must not start with '/' (S3 keys are relative)"
+            )
 
     @property
     def flush_interval_s(self) -> float:

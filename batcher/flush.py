@@ -108,31 +108,57 @@ class Flusher:
         tar_bytes = 0
         if batch.state != "done":
             keys = self.staging.read_keys(entries)
-            with self._lease(batch):
-                with build_tar(keys, self.staging.read_objects(entries)) as tar:
-                    tar_bytes = tar.size
-                    etag = self.uploader.upload(self.bucket, batch.s3_key, tar)
+            with self._lease(batch), build_tar(keys, self.staging.read_objects(entries)) as tar:
+                tar_bytes = tar.size
+                etag = self.uploader.upload(self.bucket, batch.s3_key, tar)
             refs = [
-                (m.record_id, BatchRef(self.bucket, batch.s3_key, m.offset, m.size, m.object_key, batch.batch_id, etag, m.sha256))
+                (
+                    m.record_id,
+                    BatchRef(
+                        self.bucket,
+                        batch.s3_key,
+                        m.offset,
+                        m.size,
+                        m.object_key,
+                        batch.batch_id,
+                        etag,
+                        m.sha256,
+                    ),
+                )
                 for m in tar.members
             ]
             self.publish(refs)
             if not self.staging.mark_uploaded(batch, etag):
-                log.warning("s3batch batch %s was taken over while uploading; leaving cleanup to its new holder", batch.batch_id)
+                log.warning(
+                    "s3batch batch %s was taken over while uploading; leaving cleanup to its new holder",
+                    batch.batch_id,
+                )
                 return self._report(batch, tar_bytes, started, recovered)
         self.staging.delete_records(entries)
         self.staging.drop(batch)
         report = self._report(batch, tar_bytes, started, recovered)
         log.info(
             "s3batch batch uploaded batch_id=%s objects=%d bytes=%d tar_bytes=%d seconds=%.3f key=s3://%s/%s",
-            report.batch_id, report.objects, report.size_bytes, report.tar_bytes, report.seconds, self.bucket, report.key,
+            report.batch_id,
+            report.objects,
+            report.size_bytes,
+            report.tar_bytes,
+            report.seconds,
+            self.bucket,
+            report.key,
         )
         return report
 
     def _report(self, batch: ClaimedBatch, tar_bytes: int, started: float, recovered: bool) -> FlushedBatch:
         return FlushedBatch(
-            batch.batch_id, self.bucket, batch.s3_key, batch.objects, batch.size_bytes, tar_bytes,
-            time.monotonic() - started, recovered,
+            batch.batch_id,
+            self.bucket,
+            batch.s3_key,
+            batch.objects,
+            batch.size_bytes,
+            tar_bytes,
+            time.monotonic() - started,
+            recovered,
         )
 
     @contextmanager

@@ -29,10 +29,14 @@ class BatchReader:
         Raises BatchNotFoundError, ChecksumMismatchError (when ``verify``) or ReadError.
         """
         if not isinstance(ref, BatchRef):
-            raise InvalidRefError(f"BatchReader.get takes a BatchRef (BatchRef.from_dict(result)), got {type(ref).__name__}")
+            raise InvalidRefError(
+                f"BatchReader.get takes a BatchRef (BatchRef.from_dict(result)), got {type(ref).__name__}"
+            )
         data = b"" if ref.size == 0 else self._get_range(ref)
         if len(data) != ref.size:
-            raise ReadError(f"s3://{ref.bucket}/{ref.key} returned {len(data)} bytes for {ref.range}, expected {ref.size}")
+            raise ReadError(
+                f"s3://{ref.bucket}/{ref.key} returned {len(data)} bytes for {ref.range}, expected {ref.size}"
+            )
         if verify and hashlib.sha256(data).hexdigest() != ref.sha256:
             raise ChecksumMismatchError(
                 f"{ref.object_key!r} in s3://{ref.bucket}/{ref.key} ({ref.range}) does not match its sha256 "
@@ -47,10 +51,15 @@ class BatchReader:
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _MISSING:
-                raise BatchNotFoundError(f"batch s3://{ref.bucket}/{ref.key} does not exist ({code})") from exc
+                raise BatchNotFoundError(
+                    f"batch s3://{ref.bucket}/{ref.key} does not exist ({code})"
+                ) from exc
             if code == "InvalidRange":
                 raise InvalidRefError(f"{ref.range} is outside s3://{ref.bucket}/{ref.key}") from exc
-            raise ReadError(f"could not read {ref.object_key!r} from s3://{ref.bucket}/{ref.key}: {code}") from exc
+            raise ReadError(
+                f"could not read {ref.object_key!r} from s3://{ref.bucket}/{ref.key}: {code}"
+            ) from exc
         except BotoCoreError as exc:
-            raise ReadError(f"could not read {ref.object_key!r} from s3://{ref.bucket}/{ref.key}: {exc}") from exc
-
+            raise ReadError(
+                f"could not read {ref.object_key!r} from s3://{ref.bucket}/{ref.key}: {exc}"
+            ) from exc

@@ -79,7 +79,13 @@ class Staging:
     ) -> StageOutcome:
         """Append objects to the queue in order; raises StagingError when Redis fails."""
         keys = [self.keys.queue, self.keys.totals, self.keys.flush_requested]
-        args: list[Any] = [max_staged_bytes, SEEN_TTL_S, max_batch_bytes, max_batch_objects, FLUSH_REQUEST_TTL_MS]
+        args: list[Any] = [
+            max_staged_bytes,
+            SEEN_TTL_S,
+            max_batch_bytes,
+            max_batch_objects,
+            FLUSH_REQUEST_TTL_MS,
+        ]
         for obj in objects:
             keys += [self.keys.record(obj.record_id), self.keys.seen(obj.record_id)]
             args += [
@@ -128,7 +134,10 @@ class Staging:
 
     def entries(self, batch: ClaimedBatch) -> list[QueueEntry]:
         """The batch's objects in staging order (ids, staging times and sizes, no bodies)."""
-        raw = cast(list[bytes], self._redis("read a batch", self.client.lrange, self.keys.batch_entries(batch.batch_id), 0, -1))
+        raw = cast(
+            list[bytes],
+            self._redis("read a batch", self.client.lrange, self.keys.batch_entries(batch.batch_id), 0, -1),
+        )
         entries = []
         for item in raw:
             ms, size, record_id = item.decode().split(" ", 2)
@@ -142,7 +151,9 @@ class Staging:
             pipe = self.client.pipeline(transaction=False)
             for entry in entries[start : start + _READ_CHUNK_OBJECTS]:
                 pipe.hget(self.keys.record(entry.record_id), "key")
-            for entry, key in zip(entries[start:], self._redis("read staged keys", pipe.execute), strict=False):
+            for entry, key in zip(
+                entries[start:], self._redis("read staged keys", pipe.execute), strict=False
+            ):
                 if key is None:
                     raise _missing(entry)
                 keys.append(key.decode("utf-8"))
@@ -182,18 +193,24 @@ class Staging:
     def renew(self, batch: ClaimedBatch, lease_until_ms: int) -> bool:
         """Extend the lease; False means another flush took the batch over."""
         keys = [self.keys.leases, self.keys.batch(batch.batch_id)]
-        return bool(self._call(self._renew, keys, [batch.batch_id, batch.token, lease_until_ms], "renew a lease"))
+        return bool(
+            self._call(self._renew, keys, [batch.batch_id, batch.token, lease_until_ms], "renew a lease")
+        )
 
     def expired(self, now_ms: int, limit: int = 10) -> list[str]:
         """Ids of batches whose lease ran out (their flush died or stalled)."""
-        raw = self._redis("list expired leases", self.client.zrangebyscore, self.keys.leases, "-inf", now_ms, 0, limit)
+        raw = self._redis(
+            "list expired leases", self.client.zrangebyscore, self.keys.leases, "-inf", now_ms, 0, limit
+        )
         return [item.decode() for item in cast(list[bytes], raw)]
 
     def take_over(self, batch_id: str, now_ms: int, lease_ms: int) -> ClaimedBatch | None:
         """Become the holder of an expired batch with a fresh token, or None if it is not expired."""
         token = secrets.token_hex(16)
         keys = [self.keys.leases, self.keys.batch(batch_id)]
-        reply = self._call(self._take_over, keys, [batch_id, now_ms, token, now_ms + lease_ms], "take over a batch")
+        reply = self._call(
+            self._take_over, keys, [batch_id, now_ms, token, now_ms + lease_ms], "take over a batch"
+        )
         if not reply:
             return None
         flat = cast(list[bytes], reply)
@@ -221,7 +238,12 @@ class Staging:
 
     def drop(self, batch: ClaimedBatch) -> bool:
         """Forget an uploaded batch and release its bytes from the staging budget."""
-        keys = [self.keys.leases, self.keys.batch(batch.batch_id), self.keys.batch_entries(batch.batch_id), self.keys.totals]
+        keys = [
+            self.keys.leases,
+            self.keys.batch(batch.batch_id),
+            self.keys.batch_entries(batch.batch_id),
+            self.keys.totals,
+        ]
         return bool(self._call(self._drop, keys, [batch.batch_id], "drop a batch"))
 
     def totals(self) -> dict[str, int]:

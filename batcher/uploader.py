@@ -8,6 +8,7 @@ then compared by the SHA-256 we store in its metadata, and equal means done.
 from __future__ import annotations
 
 import base64
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -19,6 +20,7 @@ from batcher.tarwriter import BuiltTar
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 SHA256_METADATA = "s3batch-sha256"
 MULTIPART_THRESHOLD_BYTES = 128 * 1024 * 1024
@@ -82,7 +84,7 @@ class Uploader:
         )
         upload_id = upload["UploadId"]
         try:
-            parts = []
+            parts: list[CompletedPartTypeDef] = []
             tar.file.seek(0)
             number = 1
             while chunk := tar.file.read(self.part_bytes):
@@ -95,10 +97,9 @@ class Uploader:
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
             )
         except BaseException:
-            try:
+            # What we cannot abort, the bucket's lifecycle rule for incomplete uploads cleans up.
+            with contextlib.suppress(ClientError, BotoCoreError):
                 self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            except (ClientError, BotoCoreError):
-                pass  # the bucket's lifecycle rule for incomplete uploads cleans up what we cannot
             raise
         return response["ETag"]
 

@@ -13,6 +13,7 @@ from batcher.config import Settings
 from batcher.staging import Staging
 from workers.process import WorkerProcess
 
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The S3BATCH_* variables that make a worker use ``settings``."""
     return {

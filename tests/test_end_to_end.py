@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -14,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from celery.result import AsyncResult, ResultSet
 
 from batcher import BatchReader, BatchRef
@@ -74,7 +72,9 @@ def test_round_trip_exact_bytes_and_standard_tars(stack: Stack, tmp_path: Path) 
         ref = BatchRef.from_dict(result)
         assert result["object_key"] == key and result["size"] == len(body)
         assert result["sha256"] == hashlib.sha256(body).hexdigest()
-        assert result["bucket"] == stack.settings.bucket and result["key"].endswith(f"/{result['batch_id']}.tar")
+        assert result["bucket"] == stack.settings.bucket and result["key"].endswith(
+            f"/{result['batch_id']}.tar"
+        )
         if body:
             raw = stack.s3.get_object(Bucket=ref.bucket, Key=ref.key, Range=result["range"])["Body"].read()
             assert raw == body, key
@@ -102,7 +102,9 @@ def check_with_every_tar_tool(
         assert (listed.returncode, listed.stderr) == (0, b""), (tool, listed.stderr)
         target = workdir / tool
         target.mkdir(parents=True)
-        extracted = subprocess.run([tool, "-xf", str(path), "-C", str(target)], capture_output=True, check=False, env=env)
+        extracted = subprocess.run(
+            [tool, "-xf", str(path), "-C", str(target)], capture_output=True, check=False, env=env
+        )
         assert (extracted.returncode, extracted.stderr) == (0, b""), (tool, extracted.stderr)
     target = workdir / "tarfile"
     with tarfile.open(path) as archive:
@@ -133,7 +135,17 @@ def test_states_result_fields_and_reader(stack: Stack) -> None:
     assert r.info["sha256"] == hashlib.sha256(data).hexdigest()
     result = r.get(timeout=15)
     assert r.state == "SUCCESS"
-    assert set(result) == {"bucket", "key", "offset", "size", "range", "object_key", "batch_id", "etag", "sha256"}
+    assert set(result) == {
+        "bucket",
+        "key",
+        "offset",
+        "size",
+        "range",
+        "object_key",
+        "batch_id",
+        "etag",
+        "sha256",
+    }
     json.dumps(result)
     assert result["etag"] == stack.s3.head_object(Bucket=result["bucket"], Key=result["key"])["ETag"]
     assert BatchReader().get(BatchRef.from_dict(result)) == data

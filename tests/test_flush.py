@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import tarfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -35,7 +36,9 @@ def make_flusher(stack: Stack, **settings: object) -> tuple[Flusher, Recorder]:
 
 def stage(stack: Stack, objs: list) -> None:  # type: ignore[type-arg]
     s = stack.settings
-    stack.staging.stage(objs, max_staged_bytes=s.max_staged_bytes, max_batch_bytes=10**12, max_batch_objects=10**9)
+    stack.staging.stage(
+        objs, max_staged_bytes=s.max_staged_bytes, max_batch_bytes=10**12, max_batch_objects=10**9
+    )
 
 
 def test_batch_key_layout() -> None:
@@ -43,7 +46,10 @@ def test_batch_key_layout() -> None:
 
 
 def test_flush_uploads_one_tar_with_exact_offsets(stack: Stack) -> None:
-    objs = [staged(f"dir/{i}.bin", bytes([i % 256]) * size) for i, size in enumerate([0, 1, 511, 512, 513, 70_000])]
+    objs = [
+        staged(f"dir/{i}.bin", bytes([i % 256]) * size)
+        for i, size in enumerate([0, 1, 511, 512, 513, 70_000])
+    ]
     stage(stack, objs)
     flusher, recorder = make_flusher(stack)
     reports = flusher.flush(force=True)
@@ -72,13 +78,15 @@ def test_nothing_staged_means_no_put(stack: Stack) -> None:
 def test_batches_respect_byte_and_count_limits_and_order(stack: Stack) -> None:
     objs = [staged(f"o{i:04d}", bytes(100 + i % 50)) for i in range(300)]
     stage(stack, objs)
-    flusher, recorder = make_flusher(stack, max_batch_bytes=5_000, max_batch_objects=40, max_object_bytes=1_000)
+    flusher, recorder = make_flusher(
+        stack, max_batch_bytes=5_000, max_batch_objects=40, max_object_bytes=1_000
+    )
     reports = flusher.flush(force=True)
     assert sum(r.objects for r in reports) == 300
     assert all(r.size_bytes <= 5_000 and r.objects <= 40 for r in reports)
     order = [recorder.refs[o.record_id] for o in objs]
     # staging order is kept: batch ids grow, and offsets grow within a batch
-    for before, after in zip(order, order[1:], strict=False):
+    for before, after in itertools.pairwise(order):
         assert (before.batch_id, before.offset) < (after.batch_id, after.offset)
 
 

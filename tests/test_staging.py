@@ -13,8 +13,16 @@ from tests.support import Stack
 LIMITS = {"max_staged_bytes": 10_000, "max_batch_bytes": 1_000, "max_batch_objects": 5}
 
 
-def claim(staging: Staging, batch_id: str, *, now_ms: int | None = None, force: bool = False,
-          max_age_ms: int = 60_000, max_objects: int = 5, max_bytes: int = 1_000) -> ClaimedBatch | None:  # fmt: skip
+def claim(
+    staging: Staging,
+    batch_id: str,
+    *,
+    now_ms: int | None = None,
+    force: bool = False,
+    max_age_ms: int = 60_000,
+    max_objects: int = 5,
+    max_bytes: int = 1_000,
+) -> ClaimedBatch | None:
     return staging.claim(
         now_ms=now_ms or int(time.time() * 1000), batch_id=batch_id, s3_key=f"k/{batch_id}.tar",
         max_age_ms=max_age_ms, max_objects=max_objects, max_bytes=max_bytes, lease_ms=30_000, force=force,
@@ -33,7 +41,9 @@ def test_stage_keeps_order_and_accounts_bytes(stack: Stack) -> None:
     entries = stack.staging.entries(batch)
     assert [e.record_id for e in entries] == [o.record_id for o in objs]
     read = list(stack.staging.read_objects(entries))
-    assert [(o.object_key, o.body, o.sha256) for o in read] == [(o.object_key, o.body, o.sha256) for o in objs]
+    assert [(o.object_key, o.body, o.sha256) for o in read] == [
+        (o.object_key, o.body, o.sha256) for o in objs
+    ]
     assert stack.staging.totals()["queued_objects"] == 0
 
 

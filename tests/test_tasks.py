@@ -24,7 +24,11 @@ def test_bad_input_fails_its_own_task_only(stack: Stack) -> None:
         "empty key": (put_object.delay("", b"x"), InvalidKeyError, "empty"),
         "1025-byte key": (put_object.delay("k" * 1025, b"x"), InvalidKeyError, "1025 UTF-8 bytes"),
         "too large": (put_object.delay("big", b"x" * 1001), ObjectTooLargeError, "S3BATCH_MAX_OBJECT_BYTES"),
-        "metadata value": (put_object.delay("m", b"x", metadata={"n": 1}), InvalidMetadataError, "str to str"),
+        "metadata value": (
+            put_object.delay("m", b"x", metadata={"n": 1}),
+            InvalidMetadataError,
+            "str to str",
+        ),
         "metadata type": (put_object.delay("m", b"x", metadata=["a"]), InvalidMetadataError, "dict"),
         "content type": (put_object.delay("c", b"x", content_type=5), InvalidMetadataError, "content_type"),
         "int body": (put_object.delay("i", 42), InvalidBodyError, "got int"),

@@ -67,8 +67,10 @@ def run_demo(*, objects: int, workers: int, concurrency: int, read_back: int, se
             worker = WorkerProcess(dict(os.environ), f"demo{n}", logdir, beat=n == 0, concurrency=concurrency)
             stack.callback(worker.stop)
             worker.wait_ready()
-        print(f"started {workers} worker(s) with beat; MAX_BATCH_AGE={settings.max_batch_age_s:g} s, "
-              f"MAX_BATCH_OBJECTS={settings.max_batch_objects}, MAX_BATCH_BYTES={settings.max_batch_bytes}")
+        print(
+            f"started {workers} worker(s) with beat; MAX_BATCH_AGE={settings.max_batch_age_s:g} s, "
+            f"MAX_BATCH_OBJECTS={settings.max_batch_objects}, MAX_BATCH_BYTES={settings.max_batch_bytes}"
+        )
 
         rng = random.Random(seed)
         sizes = _sizes(rng, objects)
@@ -78,19 +80,22 @@ def run_demo(*, objects: int, workers: int, concurrency: int, read_back: int, se
         results = []
         started = time.monotonic()
         for i, body in enumerate(bodies):
-            result = put_object.delay(f"demo/users/{i % 997}/object-{i:06d}.bin", body,
-                                      content_type="application/octet-stream")
+            result = put_object.delay(
+                f"demo/users/{i % 997}/object-{i:06d}.bin", body, content_type="application/octet-stream"
+            )
             sent_at[result.id] = time.monotonic()
             results.append(result)
         sending_s = time.monotonic() - started
-        print(f"sent {objects} objects ({sum(sizes):,} bytes) in {sending_s:.1f} s; waiting for their batches")
+        print(
+            f"sent {objects} objects ({sum(sizes):,} bytes) in {sending_s:.1f} s; waiting for their batches"
+        )
 
         def arrived(task_id: str, _value: object) -> None:
             done_at[task_id] = time.monotonic()
 
         ResultSet(results).join_native(timeout=300, callback=arrived)
         elapsed_s = time.monotonic() - started
-        refs = [BatchRef.from_dict(result.get()) for result in results]
+        refs = [BatchRef.from_dict(result.get() or {}) for result in results]
 
         reader = BatchReader(s3)
         checked = rng.sample(range(objects), min(read_back, objects))
@@ -109,8 +114,10 @@ def run_demo(*, objects: int, workers: int, concurrency: int, read_back: int, se
         print(f"bytes                 {sum(sizes):>12,}")
         print(f"batches (tar files)   {len(batches):>12,}")
         print(f"PutObject calls       {len(batches):>12,}   (one per object: {objects:,})")
-        print(f"request cost          ${batched_cost:>11.6f}   (one per object: ${naive_cost:.6f}; "
-              f"saved ${naive_cost - batched_cost:.6f}, {objects / max(1, len(batches)):.0f}x fewer PUTs)")
+        print(
+            f"request cost          ${batched_cost:>11.6f}   (one per object: ${naive_cost:.6f}; "
+            f"saved ${naive_cost - batched_cost:.6f}, {objects / max(1, len(batches)):.0f}x fewer PUTs)"
+        )
         print(f"delay() -> SUCCESS    p50 {statistics.median(latencies):.2f} s, p99 {p99:.2f} s")
         print(f"throughput            {objects / elapsed_s:,.0f} objects/s end to end ({elapsed_s:.1f} s)")
         print(f"read back by range    {len(checked)} objects, all bytes equal (one ranged GET each)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery, states
 from celery.backends.redis import RedisBackend
@@ -44,7 +44,9 @@ class ResultWriter:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
-        self.backend = app.backend
+        self.backend: Any = cast(
+            Any, app.backend
+        )  # celery-types does not describe RedisBackend's client and keys
         self._redis = isinstance(self.backend, RedisBackend)
         self._mark_staged = self.backend.client.register_script(_MARK_STAGED) if self._redis else None
 
@@ -57,8 +59,8 @@ class ResultWriter:
             "date_done": datetime.now(UTC).isoformat() if state in states.READY_STATES else None,
             "task_id": task_id,
         }
-        encoded: str = self.backend.encode(meta)
-        return encoded
+        encoded: str | bytes = self.backend.encode(meta)
+        return encoded.decode() if isinstance(encoded, bytes) else encoded
 
     def mark_staged(self, task_id: str, info: dict[str, Any]) -> None:
         """Record that the object's bytes are in Redis staging."""
@@ -66,7 +68,9 @@ class ResultWriter:
             self.backend.store_result(task_id, info, STAGED)
             return
         key = self.backend.get_key_for_task(task_id)
-        self._mark_staged(keys=[key], args=[self._meta(task_id, STAGED, info), int(self.backend.expires or 0)])
+        self._mark_staged(
+            keys=[key], args=[self._meta(task_id, STAGED, info), int(self.backend.expires or 0)]
+        )
 
     def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
         """Store SUCCESS with each ref's dict; repeating it for the same task is harmless."""

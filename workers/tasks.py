@@ -73,10 +73,10 @@ def _fail_refused_messages(message: Any = None, exc: Exception | None = None, **
     app.backend.mark_as_failure(task_id, error)
 
 
-class PutObjectTask(Task):  # type: ignore[misc]
+class PutObjectTask(Task[Any, None]):
     """Keeps message metadata small: bodies never appear in argsrepr/kwargsrepr."""
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:  # type: ignore[override]
         args = list(args or ())
         kwargs = dict(kwargs or {})
         if len(args) >= 2:
@@ -112,7 +112,11 @@ def _describe_body(body: Any) -> str:
     max_retries=10,
 )
 def put_object(
-    self: Task, key: str, body: bytes, content_type: str | None = None, metadata: dict[str, str] | None = None
+    self: Task[Any, None],
+    key: str,
+    body: bytes,
+    content_type: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Validate and stage one object; the flush stores SUCCESS with its BatchRef dict later.
 
@@ -120,9 +124,10 @@ def put_object(
     full or Redis is unavailable.
     """
     rt = runtime()
-    obj = prepare_object(rt.settings, self.request.id, key, body, content_type, metadata)
+    task_id = str(self.request.id)
+    obj = prepare_object(rt.settings, task_id, key, body, content_type, metadata)
     _, flush_wanted = stage_object(rt.settings, rt.staging, obj)
-    rt.results.mark_staged(self.request.id, {"object_key": obj.object_key, "size": obj.size, "sha256": obj.sha256})
+    rt.results.mark_staged(task_id, {"object_key": obj.object_key, "size": obj.size, "sha256": obj.sha256})
     if flush_wanted:
         flush.apply_async(expires=60)
     raise Ignore()
