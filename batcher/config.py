@@ -27,6 +27,8 @@ class Settings:
     max_batch_objects: int = 10_000
     max_object_bytes: int = 5 * 1024 * 1024
     max_staged_bytes: int = 1024 * 1024 * 1024
+    lease_s: float = 30.0
+    upload_attempts: int = 5
 
     def __post_init__(self) -> None:
         _check_positive("S3BATCH_MAX_BATCH_AGE", self.max_batch_age_s)
@@ -34,6 +36,8 @@ class Settings:
         _check_positive("S3BATCH_MAX_BATCH_OBJECTS", self.max_batch_objects)
         _check_positive("S3BATCH_MAX_OBJECT_BYTES", self.max_object_bytes)
         _check_positive("S3BATCH_MAX_STAGED_BYTES", self.max_staged_bytes)
+        _check_positive("S3BATCH_LEASE_SECONDS", self.lease_s)
+        _check_positive("S3BATCH_UPLOAD_ATTEMPTS", self.upload_attempts)
         if self.max_batch_bytes > _MAX_S3_OBJECT_BYTES:
             raise ConfigError(
                 f"S3BATCH_MAX_BATCH_BYTES={self.max_batch_bytes} is above S3's 5 TiB object limit"
@@ -109,6 +113,8 @@ _VARIABLES = (
     ("S3BATCH_MAX_BATCH_OBJECTS", "max_batch_objects", _size),
     ("S3BATCH_MAX_OBJECT_BYTES", "max_object_bytes", _size),
     ("S3BATCH_MAX_STAGED_BYTES", "max_staged_bytes", _size),
+    ("S3BATCH_LEASE_SECONDS", "lease_s", _seconds),
+    ("S3BATCH_UPLOAD_ATTEMPTS", "upload_attempts", _size),
 )
 assert {attr for _, attr, _ in _VARIABLES} == {f.name for f in fields(Settings)}
 

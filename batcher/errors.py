@@ -51,7 +51,15 @@ class UploadError(S3BatchError):
     """Raised when a batch cannot be uploaded to S3."""
 
 
-class BatchConflictError(UploadError):
+class DeadLetterError(UploadError):
+    """Raised (in callers' results) when a batch's retry budget is spent; its objects wait in Redis."""
+
+
+class PermanentUploadError(UploadError):
+    """Raised when S3 refuses an upload for a reason that retrying cannot fix (403, missing bucket)."""
+
+
+class BatchConflictError(PermanentUploadError):
     """Raised when S3 already holds a different object under a batch's key."""
 
 

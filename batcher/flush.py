@@ -1,39 +1,50 @@
 """The flush: claim due batches, build their tar, upload it, publish refs, clean up.
 
-Results are published through a callable passed in, so the library knows
-nothing of Celery. Every step can be repeated by a later flush that takes over
-an expired lease: the tar is rebuilt byte for byte from the staged records and
-the conditional upload finds the first copy.
+Results go to a ResultSink passed in, so the library knows nothing of Celery.
+Every step can be repeated by a later flush that takes over an expired lease:
+the tar is rebuilt byte for byte from the staged records and the conditional
+upload finds the first copy. Nothing leaves Redis before its batch is in S3.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from batcher.config import Settings
+from batcher.errors import DeadLetterError, PermanentUploadError, UploadError
 from batcher.ids import new_batch_id
 from batcher.models import BatchRef, ClaimedBatch
-from batcher.staging import Staging
+from batcher.staging import QueueEntry, Staging
 from batcher.tarwriter import build_tar
 from batcher.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
-Publisher = Callable[[Sequence[tuple[str, BatchRef]]], None]
-"""Stores SUCCESS with the ref for each (record id, ref); must be idempotent."""
+PUBLISH_CHUNK = 1000
+MAX_BACKOFF_S = 60.0
 
-LEASE_S = 30.0
+
+class ResultSink(Protocol):
+    """Where the flush reports each object's outcome; both calls must be idempotent."""
+
+    def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
+        """Store SUCCESS with the ref for each (record id, ref)."""
+
+    def fail(self, record_ids: Sequence[str], error: Exception) -> None:
+        """Store FAILURE with ``error`` for each record id."""
 
 
 @dataclass(frozen=True)
 class FlushedBatch:
-    """One batch a flush finished, for logs and reports."""
+    """One batch a flush handled, for logs and reports; ``error`` is set when it was not uploaded."""
 
     batch_id: str
     bucket: str
@@ -43,12 +54,18 @@ class FlushedBatch:
     tar_bytes: int
     seconds: float
     recovered: bool
+    error: str | None = None
 
 
 def batch_key(prefix: str, batch_id: str, created_ms: int) -> str:
     """``{prefix}{YYYY}/{MM}/{DD}/{HH}/{batch_id}.tar`` in UTC."""
     when = datetime.fromtimestamp(created_ms / 1000, tz=UTC)
     return f"{prefix}{when:%Y/%m/%d/%H}/{batch_id}.tar"
+
+
+def backoff_s(attempts: int) -> float:
+    """Seconds to wait after ``attempts`` failed uploads: exponential from 1 s, capped, jittered."""
+    return min(MAX_BACKOFF_S, 2.0 ** (attempts - 1)) * random.uniform(0.5, 1.0)
 
 
 class Flusher:
@@ -59,25 +76,25 @@ class Flusher:
         settings: Settings,
         staging: Staging,
         uploader: Uploader,
-        publish: Publisher,
+        results: ResultSink,
         *,
-        lease_s: float = LEASE_S,
+        checkpoint: Callable[[str], None] = lambda point: None,
     ) -> None:
         self.settings = settings
         self.bucket = settings.require_bucket()
         self.staging = staging
         self.uploader = uploader
-        self.publish = publish
-        self.lease_ms = int(lease_s * 1000)
+        self.results = results
+        self.lease_ms = int(settings.lease_s * 1000)
+        self.checkpoint = checkpoint
 
     def flush(self, *, force: bool = False, max_batches: int | None = None) -> list[FlushedBatch]:
-        """Finish abandoned batches, then close and upload every due batch; raises S3BatchError."""
+        """Finish abandoned or retrying batches, then close and upload every due batch."""
         self.staging.clear_flush_request()
         done: list[FlushedBatch] = []
         for batch_id in self.staging.expired(_now_ms()):
             batch = self.staging.take_over(batch_id, _now_ms(), self.lease_ms)
             if batch is not None:
-                log.warning("s3batch taking over batch %s (its flush stopped before finishing)", batch_id)
                 done.append(self.process(batch, recovered=True))
         while max_batches is None or len(done) < max_batches:
             batch = self.claim(force=force)
@@ -102,64 +119,97 @@ class Flusher:
         )
 
     def process(self, batch: ClaimedBatch, *, recovered: bool = False) -> FlushedBatch:
-        """Upload a claimed batch, publish its refs and delete it from staging."""
+        """Upload a claimed batch, publish its refs and delete it from staging.
+
+        An upload failure holds the batch back for a backoff, or dead-letters it (callers get
+        FAILURE, records stay) once the retry budget is spent or the failure is permanent.
+        """
         started = time.monotonic()
+        self.checkpoint("claimed")
         entries = self.staging.entries(batch)
         tar_bytes = 0
         if batch.state != "done":
-            keys = self.staging.read_keys(entries)
-            with self._lease(batch), build_tar(keys, self.staging.read_objects(entries)) as tar:
-                tar_bytes = tar.size
-                etag = self.uploader.upload(self.bucket, batch.s3_key, tar)
-            refs = [
-                (
-                    m.record_id,
-                    BatchRef(
-                        self.bucket,
-                        batch.s3_key,
-                        m.offset,
-                        m.size,
-                        m.object_key,
-                        batch.batch_id,
-                        etag,
-                        m.sha256,
-                    ),
-                )
-                for m in tar.members
-            ]
-            self.publish(refs)
-            if not self.staging.mark_uploaded(batch, etag):
-                log.warning(
-                    "s3batch batch %s was taken over while uploading; leaving cleanup to its new holder",
-                    batch.batch_id,
-                )
-                return self._report(batch, tar_bytes, started, recovered)
-        self.staging.delete_records(entries)
-        self.staging.drop(batch)
+            try:
+                with self._lease(batch):  # the renewals stop before a failure sets the backoff
+                    tar_bytes, etag, refs = self._upload(batch, entries, may_exist=recovered)
+            except UploadError as exc:
+                return self._failed(batch, entries, exc, started, recovered)
+        with self._lease(batch):
+            if batch.state != "done":
+                self.checkpoint("uploaded")
+                for start in range(0, len(refs), PUBLISH_CHUNK):
+                    self.results.publish(refs[start : start + PUBLISH_CHUNK])
+                    self.checkpoint("published-chunk")
+                if not self.staging.mark_uploaded(batch, etag):
+                    log.warning(
+                        "s3batch batch %s was taken over meanwhile; its new holder cleans up", batch.batch_id
+                    )
+                    return self._report(batch, tar_bytes, started, recovered)
+                self.checkpoint("marked-done")
+            self.staging.delete_records(entries)
+            self.staging.drop(batch)
         report = self._report(batch, tar_bytes, started, recovered)
         log.info(
-            "s3batch batch uploaded batch_id=%s objects=%d bytes=%d tar_bytes=%d seconds=%.3f key=s3://%s/%s",
-            report.batch_id,
-            report.objects,
-            report.size_bytes,
-            report.tar_bytes,
-            report.seconds,
-            self.bucket,
-            report.key,
-        )
+            "s3batch batch uploaded batch_id=%s objects=%d bytes=%d tar_bytes=%d seconds=%.3f "
+            "key=s3://%s/%s recovered=%s",
+            report.batch_id, report.objects, report.size_bytes, report.tar_bytes, report.seconds,
+            self.bucket, report.key, recovered,
+        )  # fmt: skip
         return report
 
-    def _report(self, batch: ClaimedBatch, tar_bytes: int, started: float, recovered: bool) -> FlushedBatch:
-        return FlushedBatch(
-            batch.batch_id,
-            self.bucket,
-            batch.s3_key,
-            batch.objects,
-            batch.size_bytes,
-            tar_bytes,
-            time.monotonic() - started,
-            recovered,
+    def _upload(
+        self, batch: ClaimedBatch, entries: Sequence[QueueEntry], *, may_exist: bool
+    ) -> tuple[int, str, list[tuple[str, BatchRef]]]:
+        keys = self.staging.read_keys(entries)
+        with build_tar(keys, self.staging.read_objects(entries)) as tar:
+            self.checkpoint("tar-built")
+            etag = self.uploader.upload(self.bucket, batch.s3_key, tar, may_exist=may_exist)
+        refs = [
+            (m.record_id, BatchRef(self.bucket, batch.s3_key, m.offset, m.size, m.object_key, batch.batch_id,
+                                   etag, m.sha256))
+            for m in tar.members
+        ]  # fmt: skip
+        return tar.size, etag, refs
+
+    def _failed(
+        self,
+        batch: ClaimedBatch,
+        entries: Sequence[QueueEntry],
+        exc: UploadError,
+        started: float,
+        recovered: bool,
+    ) -> FlushedBatch:
+        now_ms = _now_ms()
+        attempts = self.staging.record_failure(batch, str(exc), now_ms + int(backoff_s(1) * 1000))
+        if attempts < 0:
+            return self._report(batch, 0, started, recovered, str(exc))
+        permanent = isinstance(exc, PermanentUploadError)
+        if not permanent and attempts < self.settings.upload_attempts:
+            retry_at_ms = now_ms + int(backoff_s(attempts) * 1000)
+            self.staging.renew(batch, retry_at_ms)
+            log.warning(
+                "s3batch batch %s upload attempt %d of %d failed, retrying in %.1f s: %s",
+                batch.batch_id, attempts, self.settings.upload_attempts, (retry_at_ms - now_ms) / 1000, exc,
+            )  # fmt: skip
+            return self._report(batch, 0, started, recovered, str(exc))
+        why = "permanent failure" if permanent else f"{attempts} failed attempts"
+        error = DeadLetterError(
+            f"batch {batch.batch_id} (s3://{self.bucket}/{batch.s3_key}, {batch.objects} objects) was not "
+            f"uploaded after {why}: {exc}. Its objects are kept in Redis; `s3batch retry {batch.batch_id}` "
+            "uploads it again"
         )
+        if self.staging.dead_letter(batch, str(exc), now_ms):
+            self.results.fail([entry.record_id for entry in entries], error)
+            log.error("s3batch %s", error)
+        return self._report(batch, 0, started, recovered, str(exc))
+
+    def _report(
+        self, batch: ClaimedBatch, tar_bytes: int, started: float, recovered: bool, error: str | None = None
+    ) -> FlushedBatch:
+        return FlushedBatch(
+            batch.batch_id, self.bucket, batch.s3_key, batch.objects, batch.size_bytes, tar_bytes,
+            time.monotonic() - started, recovered, error,
+        )  # fmt: skip
 
     @contextmanager
     def _lease(self, batch: ClaimedBatch) -> Iterator[None]:

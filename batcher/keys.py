@@ -38,6 +38,11 @@ class Keys:
         return f"{self._base}:leases"
 
     @property
+    def dead(self) -> str:
+        """ZSET of dead-lettered batch ids (retry budget spent) scored by when they died (ms)."""
+        return f"{self._base}:dead"
+
+    @property
     def flush_requested(self) -> str:
         """STRING with a short expiry: a flush was already requested, do not ask again."""
         return f"{self._base}:flush-requested"

@@ -64,6 +64,9 @@ class Staging:
         self._take_over = self._script("take_over.lua")
         self._mark_uploaded = self._script("mark_uploaded.lua")
         self._drop = self._script("drop_batch.lua")
+        self._record_failure = self._script("record_failure.lua")
+        self._dead_letter = self._script("dead_letter.lua")
+        self._revive = self._script("revive.lua")
 
     def _script(self, name: str) -> Script:
         source = resources.files("batcher").joinpath("lua", name).read_text()
@@ -246,19 +249,48 @@ class Staging:
         ]
         return bool(self._call(self._drop, keys, [batch.batch_id], "drop a batch"))
 
+    def record_failure(self, batch: ClaimedBatch, error: str, retry_at_ms: int) -> int:
+        """Count a failed upload and hold the batch until ``retry_at_ms``; -1 if the lease was lost."""
+        keys = [self.keys.leases, self.keys.batch(batch.batch_id)]
+        args = [batch.batch_id, batch.token, error, retry_at_ms]
+        return int(self._call(self._record_failure, keys, args, "record an upload failure"))
+
+    def dead_letter(self, batch: ClaimedBatch, error: str, now_ms: int) -> bool:
+        """Park the batch (records kept) until ``revive``; False if the lease was lost."""
+        keys = [self.keys.leases, self.keys.dead, self.keys.batch(batch.batch_id)]
+        args = [batch.batch_id, batch.token, error, now_ms]
+        return bool(self._call(self._dead_letter, keys, args, "dead-letter a batch"))
+
+    def revive(self, batch_id: str, now_ms: int) -> bool:
+        """Make a dead-lettered batch due again with a fresh retry budget; False if it is not dead."""
+        keys = [self.keys.leases, self.keys.dead, self.keys.batch(batch_id)]
+        return bool(self._call(self._revive, keys, [batch_id, now_ms], "revive a batch"))
+
+    def dead_letters(self) -> list[dict[str, str]]:
+        """Each dead-lettered batch: batch_id, s3_key, objects, bytes, attempts, last_error, dead_ms."""
+        ids = cast(list[bytes], self._redis("list dead letters", self.client.zrange, self.keys.dead, 0, -1))
+        pipe = self.client.pipeline(transaction=False)
+        for batch_id in ids:
+            pipe.hgetall(self.keys.batch(batch_id.decode()))
+        rows = cast(list[dict[bytes, bytes]], self._redis("read dead letters", pipe.execute))
+        return [{k.decode(): v.decode() for k, v in row.items() if k != b"token"} for row in rows]
+
     def totals(self) -> dict[str, int]:
-        """Counters: staged_bytes, queued_bytes, queued_objects, batches_in_flight, oldest_staged_ms."""
+        """Counters: staged_bytes, queued_bytes, queued_objects, batches_in_flight, oldest_staged_ms,
+        dead_letters."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.totals)
         pipe.zcard(self.keys.leases)
         pipe.lindex(self.keys.queue, 0)
-        raw, in_flight, head = self._redis("read staging totals", pipe.execute)
+        pipe.zcard(self.keys.dead)
+        raw, in_flight, head, dead = self._redis("read staging totals", pipe.execute)
         result = {k.decode(): int(v) for k, v in cast(dict[bytes, bytes], raw).items()}
         result.setdefault("staged_bytes", 0)
         result.setdefault("queued_bytes", 0)
         result.setdefault("queued_objects", 0)
         result["batches_in_flight"] = int(in_flight)
         result["oldest_staged_ms"] = int(head.split(b" ", 1)[0]) if head else 0
+        result["dead_letters"] = int(dead)
         return result
 
     def _call(self, script: Script, keys: list[str], args: list[Any], what: str) -> Any:

@@ -3,19 +3,27 @@
 ``If-None-Match: *`` makes a second upload of the same batch (a recovered or
 duplicated flush) fail with 412 instead of overwriting; the existing object is
 then compared by the SHA-256 we store in its metadata, and equal means done.
+For servers that ignore the header, a batch that may already exist (one taken
+over from a dead flush) is looked up with HEAD first.
+
+Transient failures (connection errors, timeouts, 5xx, throttling) are retried
+by botocore's standard retry mode: up to 6 attempts with exponential backoff
+and full jitter. What is left is raised as UploadError, and as
+PermanentUploadError when retrying cannot help.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from batcher.errors import BatchConflictError, UploadError
+from batcher.errors import BatchConflictError, PermanentUploadError, UploadError
 from batcher.tarwriter import BuiltTar
 
 if TYPE_CHECKING:
@@ -25,7 +33,10 @@ if TYPE_CHECKING:
 SHA256_METADATA = "s3batch-sha256"
 MULTIPART_THRESHOLD_BYTES = 128 * 1024 * 1024
 PART_BYTES = 16 * 1024 * 1024
-_RETRIES = {"mode": "standard", "max_attempts": 6}
+S3_ATTEMPTS = 6
+_RETRIES = {"mode": "standard", "max_attempts": S3_ATTEMPTS}
+# 4xx answers worth another try later: timeout, conflicting concurrent write, throttling.
+_TRANSIENT_4XX = {408, 409, 429}
 
 
 def s3_client(**kwargs: Any) -> S3Client:
@@ -43,26 +54,46 @@ class Uploader:
         *,
         multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES,
         part_bytes: int = PART_BYTES,
+        checkpoint: Callable[[str], None] = lambda point: None,
     ) -> None:
         self.client = client or s3_client()
         self.multipart_threshold_bytes = multipart_threshold_bytes
         self.part_bytes = part_bytes
+        self.checkpoint = checkpoint
 
-    def upload(self, bucket: str, key: str, tar: BuiltTar) -> str:
+    def upload(self, bucket: str, key: str, tar: BuiltTar, *, may_exist: bool = False) -> str:
         """Create ``key`` from the tar unless an identical object is there; returns the ETag.
 
-        Raises BatchConflictError when a different object holds the key, UploadError otherwise.
+        ``may_exist`` asks S3 first (for servers that ignore If-None-Match). Raises
+        BatchConflictError when a different object holds the key, PermanentUploadError for
+        refusals that retrying cannot fix, UploadError for the rest.
         """
+        where = f"s3://{bucket}/{key}"
         try:
+            if may_exist:
+                existing = self._existing_etag(bucket, key, tar)
+                if existing is not None:
+                    return existing
             if tar.size >= self.multipart_threshold_bytes:
                 return self._multipart(bucket, key, tar)
             return self._put(bucket, key, tar)
         except ClientError as exc:
-            if _status(exc) == 412:
-                return self._existing_etag(bucket, key, tar)
-            raise UploadError(f"S3 refused batch s3://{bucket}/{key}: {_describe(exc)}") from exc
+            status = _status(exc)
+            if status == 412:
+                etag = self._existing_etag(bucket, key, tar)
+                if etag is None:
+                    raise UploadError(f"S3 answered 412 for {where} but has no object there") from exc
+                return etag
+            if 400 <= status < 500 and status not in _TRANSIENT_4XX:
+                raise PermanentUploadError(f"S3 refused batch {where}: {_describe(exc)}") from exc
+            raise UploadError(f"S3 failed to store batch {where}: {_describe(exc)}") from exc
+        except NoCredentialsError as exc:
+            raise PermanentUploadError(
+                f"no AWS credentials to upload {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "or a profile"
+            ) from exc
         except BotoCoreError as exc:
-            raise UploadError(f"could not upload batch s3://{bucket}/{key}: {exc}") from exc
+            raise UploadError(f"could not upload batch {where} after {S3_ATTEMPTS} attempts: {exc}") from exc
 
     def _put(self, bucket: str, key: str, tar: BuiltTar) -> str:
         tar.file.seek(0)
@@ -92,6 +123,8 @@ class Uploader:
                     Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
                 )
                 parts.append({"PartNumber": number, "ETag": part["ETag"]})
+                del chunk  # one part in memory at a time
+                self.checkpoint("part-uploaded")
                 number += 1
             response = self.client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"
@@ -103,8 +136,14 @@ class Uploader:
             raise
         return response["ETag"]
 
-    def _existing_etag(self, bucket: str, key: str, tar: BuiltTar) -> str:
-        head = self.client.head_object(Bucket=bucket, Key=key)
+    def _existing_etag(self, bucket: str, key: str, tar: BuiltTar) -> str | None:
+        """The ETag at ``key`` if it is our tar, None if nothing is there; BatchConflictError otherwise."""
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise
         theirs = head.get("Metadata", {}).get(SHA256_METADATA)
         if theirs != tar.sha256:
             raise BatchConflictError(

@@ -8,6 +8,7 @@ like the tests, and sends nothing anywhere else.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -132,7 +133,12 @@ class WorkerProcess:
         if beat:
             command += ["-B", "-s", str(tmpdir / f"{name}-beat-schedule")]
         self.process = subprocess.Popen(
-            command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            command,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
     def log(self) -> str:
@@ -142,20 +148,16 @@ class WorkerProcess:
         """SIGTERM the process group (warm shutdown), SIGKILL what is left after ``timeout_s``."""
         if self.process.poll() is None:
             _killpg(self.process.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                pass
         _killpg(self.process.pid, signal.SIGKILL)  # pool children may outlive their main process
         if self.process.poll() is None:
             self.process.wait(timeout=10)
 
 
 def _killpg(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def wait_ready(app: Any, workers: Sequence[WorkerProcess], timeout_s: float = 90) -> None:
@@ -165,7 +167,9 @@ def wait_ready(app: Any, workers: Sequence[WorkerProcess], timeout_s: float = 90
     while missing:
         for worker in workers:
             if worker.process.poll() is not None:
-                raise RuntimeError(f"worker {worker.name} exited ({worker.process.returncode}):\n{worker.log()}")
+                raise RuntimeError(
+                    f"worker {worker.name} exited ({worker.process.returncode}):\n{worker.log()}"
+                )
         if time.monotonic() > deadline:
             raise TimeoutError(f"workers {sorted(missing)} did not answer a ping within {timeout_s} s")
         for reply in app.control.ping(destination=sorted(missing), timeout=0.5) or []:
@@ -282,17 +286,35 @@ def verify_sample(client: Any, values: Sequence[dict[str, Any]], bodies: Sequenc
 
 
 def print_table(rows: Sequence[dict[str, Any]], out: Callable[[str], None] = print) -> None:
-    header = ("scenario", "objects", "seconds", "objects/s", "PutObject calls", "cost USD", "USD per 1M objects")
+    header = (
+        "scenario",
+        "objects",
+        "seconds",
+        "objects/s",
+        "PutObject calls",
+        "cost USD",
+        "USD per 1M objects",
+    )
     lines = [header] + [
         (
-            r["scenario"], f"{r['objects']:,}", f"{r['seconds']:.2f}", f"{r['objects_per_s']:,.0f}",
-            f"{r['put_calls']:,}", f"{r['cost_usd']:.6f}", f"{r['usd_per_million_objects']:.2f}",
-        )  # fmt: skip
+            r["scenario"],
+            f"{r['objects']:,}",
+            f"{r['seconds']:.2f}",
+            f"{r['objects_per_s']:,.0f}",
+            f"{r['put_calls']:,}",
+            f"{r['cost_usd']:.6f}",
+            f"{r['usd_per_million_objects']:.4f}",
+        )
         for r in rows
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for n, line in enumerate(lines):
-        out("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
+        out(
+            "  ".join(
+                cell.ljust(w) if i == 0 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+            )
+        )
         if n == 0:
             out("  ".join("-" * w for w in widths))
 
@@ -305,8 +327,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=2, help="pool processes per worker")
     parser.add_argument("--naive-objects", type=int, default=2000, help="objects per naive run")
     parser.add_argument("--naive-threads", default="1,16", help="comma list of thread counts for naive runs")
-    parser.add_argument("--max-batch-age", type=float, default=None,
-                        help="S3BATCH_MAX_BATCH_AGE for the workers (default: the project default, 10 s)")
+    parser.add_argument(
+        "--max-batch-age",
+        type=float,
+        default=None,
+        help="S3BATCH_MAX_BATCH_AGE for the workers (default: the project default, 10 s)",
+    )
     parser.add_argument("--verify", type=int, default=100, help="random results to read back by range")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for every SUCCESS")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the figures as JSON")
@@ -315,7 +341,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.objects, args.naive_objects = 500, 200
     args.naive_threads = [int(t) for t in str(args.naive_threads).split(",") if t.strip()]
-    if args.objects < 1 or args.size < 1 or args.workers < 1 or args.concurrency < 1 or args.naive_objects < 1:
+    if (
+        args.objects < 1
+        or args.size < 1
+        or args.workers < 1
+        or args.concurrency < 1
+        or args.naive_objects < 1
+    ):
         parser.error("--objects, --size, --workers, --concurrency and --naive-objects must be at least 1")
     if not args.naive_threads or min(args.naive_threads) < 1:
         parser.error("--naive-threads must list thread counts of at least 1")
@@ -358,20 +390,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         settings = Settings.from_env()
         print(f"redis {redis_server.url(0)}, moto S3 {s3_server.endpoint_url}, bucket {bucket}")
-        print(f"batch age {settings.max_batch_age_s:g} s, max {settings.max_batch_objects:,} objects / "
-              f"{settings.max_batch_bytes:,} bytes per batch, flush tick {settings.flush_interval_s:g} s")
+        print(
+            f"batch age {settings.max_batch_age_s:g} s, max {settings.max_batch_objects:,} objects / "
+            f"{settings.max_batch_bytes:,} bytes per batch, flush tick {settings.flush_interval_s:g} s"
+        )
 
         rows: list[dict[str, Any]] = []
         naive_bodies = make_bodies(args.naive_objects, args.size, seed=2)
         for threads in args.naive_threads:
             row = run_naive(s3_server.endpoint_url, naive_bucket, naive_bodies, threads)
-            print(f"{row['scenario']}: {row['objects']:,} objects in {row['seconds']:.2f} s, "
-                  f"{row['objects_per_s']:,.0f} objects/s")
+            print(
+                f"{row['scenario']}: {row['objects']:,} objects in {row['seconds']:.2f} s, "
+                f"{row['objects_per_s']:,.0f} objects/s"
+            )
             rows.append(row)
 
         env = dict(os.environ)
         for n in range(args.workers):
-            workers.append(WorkerProcess(env, f"b{n}", Path(tmpdir.name), beat=n == 0, concurrency=args.concurrency))
+            workers.append(
+                WorkerProcess(env, f"b{n}", Path(tmpdir.name), beat=n == 0, concurrency=args.concurrency)
+            )
         wait_ready(app, workers)
         print(f"{args.workers} workers x {args.concurrency} processes ready")
 
@@ -390,14 +428,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch["tar_bytes"] = sum(item["Size"] for item in listing)
         batch["verified_ranged_gets"] = verify_sample(s3, values, bodies, args.verify)
         lat = batch["latency_s"]
-        print(f"{batch['scenario']}: {batch['objects']:,} objects in {batch['seconds']:.2f} s "
-              f"({batch['objects_per_s']:,.0f} objects/s, via {batch['join']}); delay() alone "
-              f"{batch['send_seconds']:.2f} s = {batch['send_per_s']:,.0f}/s")
-        print(f"latency send -> SUCCESS (date_done): p50 {lat['date_done_p50']:.2f} s, "
-              f"p99 {lat['date_done_p99']:.2f} s, max {lat['date_done_max']:.2f} s; seen by this producer's "
-              f"join_native callback: p50 {lat['callback_p50']:.2f} s, p99 {lat['callback_p99']:.2f} s")
-        print(f"{len(listing)} tars, {batch['tar_bytes']:,} bytes for {args.objects * args.size:,} bytes of "
-              f"objects; {batch['verified_ranged_gets']} random ranged GETs returned exactly the bytes sent")
+        print(
+            f"{batch['scenario']}: {batch['objects']:,} objects in {batch['seconds']:.2f} s "
+            f"({batch['objects_per_s']:,.0f} objects/s, via {batch['join']}); delay() alone "
+            f"{batch['send_seconds']:.2f} s = {batch['send_per_s']:,.0f}/s"
+        )
+        print(
+            f"latency send -> SUCCESS (date_done): p50 {lat['date_done_p50']:.2f} s, "
+            f"p99 {lat['date_done_p99']:.2f} s, max {lat['date_done_max']:.2f} s; seen by this producer's "
+            f"join_native callback: p50 {lat['callback_p50']:.2f} s, p99 {lat['callback_p99']:.2f} s"
+        )
+        print(
+            f"{len(listing)} tars, {batch['tar_bytes']:,} bytes for {args.objects * args.size:,} bytes of "
+            f"objects; {batch['verified_ranged_gets']} random ranged GETs returned exactly the bytes sent"
+        )
         rows.append(batch)
 
         for row in rows:
@@ -408,23 +452,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference = max((r for r in rows if r.get("threads")), key=lambda r: r["threads"])
         comparison["reference"] = reference["scenario"]
         comparison["throughput_ratio"] = batch["objects_per_s"] / reference["objects_per_s"]
-        comparison["put_calls_per_object_ratio"] = (batch["put_calls"] / batch["objects"]) / 1.0
-        comparison["cost_per_object_ratio"] = batch["usd_per_million_objects"] / reference["usd_per_million_objects"]
+        comparison["put_calls_per_object_ratio"] = (
+            batch["put_calls"] / batch["objects"]
+        )  # naive: 1 per object
+        comparison["cost_per_object_ratio"] = (
+            batch["usd_per_million_objects"] / reference["usd_per_million_objects"]
+        )
         print()
-        print(f"s3batch / {reference['scenario']}: throughput x{comparison['throughput_ratio']:.3f}, "
-              f"PutObject calls per object x{comparison['put_calls_per_object_ratio']:.6f} "
-              f"({batch['objects'] / batch['put_calls']:,.0f} objects per PutObject), "
-              f"request cost per object x{comparison['cost_per_object_ratio']:.6f}")
+        print(
+            f"s3batch / {reference['scenario']}: throughput x{comparison['throughput_ratio']:.3f}, "
+            f"PutObject calls per object x{comparison['put_calls_per_object_ratio']:.6f} "
+            f"({batch['objects'] / batch['put_calls']:,.0f} objects per PutObject), "
+            f"request cost per object x{comparison['cost_per_object_ratio']:.6f}"
+        )
 
         if args.json is not None:
             report = {
                 "config": {
-                    "objects": args.objects, "size": args.size, "workers": args.workers,
-                    "concurrency": args.concurrency, "naive_objects": args.naive_objects,
-                    "naive_threads": args.naive_threads, "max_batch_age_s": settings.max_batch_age_s,
-                    "max_batch_objects": settings.max_batch_objects, "max_batch_bytes": settings.max_batch_bytes,
-                    "cpus": os.cpu_count(), "usd_per_1000_puts": USD_PER_1000_PUTS,
-                },  # fmt: skip
+                    "objects": args.objects,
+                    "size": args.size,
+                    "workers": args.workers,
+                    "concurrency": args.concurrency,
+                    "naive_objects": args.naive_objects,
+                    "naive_threads": args.naive_threads,
+                    "max_batch_age_s": settings.max_batch_age_s,
+                    "max_batch_objects": settings.max_batch_objects,
+                    "max_batch_bytes": settings.max_batch_bytes,
+                    "cpus": os.cpu_count(),
+                    "usd_per_1000_puts": USD_PER_1000_PUTS,
+                },
                 "rows": rows,
                 "comparison": comparison,
             }
@@ -444,4 +500,5 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except KeyboardInterrupt:
+        print("interrupted; every process the benchmark started is stopped", file=sys.stderr)
         sys.exit(130)

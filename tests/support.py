@@ -9,23 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batcher.config import Settings
+from batcher.config import _VARIABLES, Settings
 from batcher.staging import Staging
 from workers.process import WorkerProcess
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The S3BATCH_* variables that make a worker use ``settings``."""
-    return {
-        "S3BATCH_BUCKET": settings.bucket or "",
-        "S3BATCH_PREFIX": settings.prefix,
-        "S3BATCH_REDIS_URL": settings.redis_url,
-        "S3BATCH_MAX_BATCH_AGE": str(settings.max_batch_age_s),
-        "S3BATCH_MAX_BATCH_BYTES": str(settings.max_batch_bytes),
-        "S3BATCH_MAX_BATCH_OBJECTS": str(settings.max_batch_objects),
-        "S3BATCH_MAX_OBJECT_BYTES": str(settings.max_object_bytes),
-        "S3BATCH_MAX_STAGED_BYTES": str(settings.max_staged_bytes),
-    }
+    return {name: str(getattr(settings, attr) or "") for name, attr, _ in _VARIABLES}
 
 
 @dataclass

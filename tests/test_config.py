@@ -18,6 +18,8 @@ ALL_VARIABLES = {
     "S3BATCH_MAX_BATCH_OBJECTS": "50",
     "S3BATCH_MAX_OBJECT_BYTES": "4096",
     "S3BATCH_MAX_STAGED_BYTES": "2000000",
+    "S3BATCH_LEASE_SECONDS": "3",
+    "S3BATCH_UPLOAD_ATTEMPTS": "2",
 }
 
 NUMERIC_VARIABLES = [
@@ -26,6 +28,8 @@ NUMERIC_VARIABLES = [
     "S3BATCH_MAX_BATCH_OBJECTS",
     "S3BATCH_MAX_OBJECT_BYTES",
     "S3BATCH_MAX_STAGED_BYTES",
+    "S3BATCH_LEASE_SECONDS",
+    "S3BATCH_UPLOAD_ATTEMPTS",
 ]
 
 
@@ -39,6 +43,7 @@ def test_defaults_match_design_table() -> None:
     assert settings.max_batch_objects == 10000
     assert settings.max_object_bytes == 5242880
     assert settings.max_staged_bytes == 1073741824
+    assert settings.lease_s == 30 and settings.upload_attempts == 5
 
 
 def test_from_empty_env_gives_defaults() -> None:
@@ -60,6 +65,8 @@ def test_from_env_reads_every_variable() -> None:
         max_batch_objects=50,
         max_object_bytes=4096,
         max_staged_bytes=2_000_000,
+        lease_s=3.0,
+        upload_attempts=2,
     )
     # Every field is covered: none kept its default.
     for field in dataclasses.fields(Settings):
@@ -100,7 +107,7 @@ def test_bad_numeric_value_names_the_variable(name: str, value: str) -> None:
     assert isinstance(info.value, S3BatchError)
 
 
-@pytest.mark.parametrize("name", NUMERIC_VARIABLES[1:])
+@pytest.mark.parametrize("name", [n for n in NUMERIC_VARIABLES if not n.endswith(("_AGE", "_SECONDS"))])
 def test_sizes_must_be_integers(name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: "1.5"})

@@ -9,12 +9,17 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from kombu import Queue
 
 from batcher.config import Settings
 
 QUEUE = "s3batch"
+# Flushes get a queue of their own, so that a backlog of put_object messages never holds back the
+# beat tick that uploads aged batches (a worker consumes both queues unless told otherwise).
+FLUSH_QUEUE = "s3batch.flush"
 
 settings = Settings.from_env()
+VISIBILITY_TIMEOUT_S = max(30, int(3 * settings.max_batch_age_s))
 
 app = Celery("s3batch", include=["workers.tasks"])
 app.conf.update(
@@ -26,12 +31,15 @@ app.conf.update(
     result_accept_content=["json"],
     # A dedicated queue, so that a busy application queue never delays staging or flushes.
     task_default_queue=QUEUE,
+    task_queues=[Queue(QUEUE), Queue(FLUSH_QUEUE)],
+    task_routes={"s3batch.flush": {"queue": FLUSH_QUEUE}},
     # Late ack: a worker killed before staging leaves the message to be redelivered.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
-    # Unacknowledged messages of a dead worker come back after this; it stays above the
-    # longest put_object retry countdown so a waiting retry is never delivered twice.
-    broker_transport_options={"visibility_timeout": max(60, int(6 * settings.max_batch_age_s))},
+    # A dead worker's unacknowledged messages come back after this long: about three batch ages, so
+    # that its objects still land soon. Redelivering a live worker's message is harmless: staging is
+    # idempotent per task id, and a second flush finds nothing left to do.
+    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
     broker_connection_retry_on_startup=True,
     beat_schedule={
         "s3batch-flush": {

@@ -74,16 +74,24 @@ class ResultWriter:
 
     def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
         """Store SUCCESS with each ref's dict; repeating it for the same task is harmless."""
+        self._store([(task_id, states.SUCCESS, ref.to_dict()) for task_id, ref in refs])
+
+    def fail(self, record_ids: Sequence[str], error: Exception) -> None:
+        """Store FAILURE with ``error`` (rebuilt as its class by the caller's ``get()``)."""
+        encoded = self.backend.prepare_exception(error)
+        self._store([(task_id, states.FAILURE, encoded) for task_id in record_ids])
+
+    def _store(self, items: Sequence[tuple[str, str, Any]]) -> None:
         if not self._redis:
-            for task_id, ref in refs:
-                self.backend.mark_as_done(task_id, ref.to_dict())
+            for task_id, state, result in items:
+                self.backend.store_result(task_id, result, state)
             return
         expires = self.backend.expires
-        for start in range(0, len(refs), _PIPELINE_CHUNK):
+        for start in range(0, len(items), _PIPELINE_CHUNK):
             with self.backend.client.pipeline(transaction=False) as pipe:
-                for task_id, ref in refs[start : start + _PIPELINE_CHUNK]:
+                for task_id, state, result in items[start : start + _PIPELINE_CHUNK]:
                     key = self.backend.get_key_for_task(task_id)
-                    value = self._meta(task_id, states.SUCCESS, ref.to_dict())
+                    value = self._meta(task_id, state, result)
                     if expires:
                         pipe.setex(key, expires, value)
                     else:

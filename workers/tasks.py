@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -40,7 +43,28 @@ class Runtime:
 
     @cached_property
     def flusher(self) -> Flusher:
-        return Flusher(self.settings, self.staging, Uploader(), self.results.publish)
+        checkpoint = crash_point_from_env()
+        uploader = Uploader(checkpoint=checkpoint)
+        return Flusher(self.settings, self.staging, uploader, self.results, checkpoint=checkpoint)
+
+
+def crash_point_from_env() -> Callable[[str], None]:
+    """Fault injection for the recovery tests: ``S3BATCH_CRASH_AT=point[:n]`` SIGKILLs this worker's
+    process group the n-th time (default 1st) a flush reaches ``point`` (see Flusher.checkpoint)."""
+    spec = os.environ.get("S3BATCH_CRASH_AT", "")
+    if not spec:
+        return lambda point: None
+    target, _, nth = spec.partition(":")
+    remaining = [int(nth or 1)]
+
+    def crash(point: str) -> None:
+        if point == target:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                log.error("s3batch S3BATCH_CRASH_AT=%s reached: killing this worker", spec)
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+
+    return crash
 
 
 _runtime: Runtime | None = None
@@ -107,7 +131,7 @@ def _describe_body(body: Any) -> str:
     throws=(InputError,),
     autoretry_for=(StagingError,),
     retry_backoff=1,
-    retry_backoff_max=30,
+    retry_backoff_max=20,
     retry_jitter=True,
     max_retries=10,
 )
