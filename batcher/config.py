@@ -39,9 +39,7 @@ class Settings:
         _check_positive("S3BATCH_LEASE_SECONDS", self.lease_s)
         _check_positive("S3BATCH_UPLOAD_ATTEMPTS", self.upload_attempts)
         if self.max_batch_bytes > _MAX_S3_OBJECT_BYTES:
-            raise ConfigError(
-                f"S3BATCH_MAX_BATCH_BYTES={self.max_batch_bytes} is above S3's 5 TiB object limit"
-            )
+            raise ConfigError(f"S3BATCH_MAX_BATCH_BYTES={self.max_batch_bytes} is above S3's 5 TiB object limit")
         if self.max_object_bytes > self.max_batch_bytes:
             raise ConfigError(
                 f"S3BATCH_MAX_OBJECT_BYTES={self.max_object_bytes} is larger than "
@@ -53,9 +51,7 @@ class Settings:
                 f"S3BATCH_MAX_BATCH_BYTES={self.max_batch_bytes}: a full batch could never be staged"
             )
         if self.prefix.startswith("/"):
-            raise ConfigError(
-                f"S3BATCH_PREFIX={self.prefix!r} must not start with '/' (S3 keys are relative)"
-            )
+            raise ConfigError(f"S3BATCH_PREFIX={self.prefix!r} must not start with '/' (S3 keys are relative)")
 
     @property
     def flush_interval_s(self) -> float:

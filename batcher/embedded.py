@@ -29,9 +29,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(
-    port: int, what: str, process: subprocess.Popen[bytes] | None, timeout_s: float = 20
-) -> None:
+def _wait_for_port(port: int, what: str, process: subprocess.Popen[bytes] | None, timeout_s: float = 20) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:

@@ -141,9 +141,7 @@ class Flusher:
                     self.results.publish(refs[start : start + PUBLISH_CHUNK])
                     self.checkpoint("published-chunk")
                 if not self.staging.mark_uploaded(batch, etag):
-                    log.warning(
-                        "s3batch batch %s was taken over meanwhile; its new holder cleans up", batch.batch_id
-                    )
+                    log.warning("s3batch batch %s was taken over meanwhile; its new holder cleans up", batch.batch_id)
                     return self._report(batch, tar_bytes, started, recovered)
                 self.checkpoint("marked-done")
             self.staging.delete_records(entries)

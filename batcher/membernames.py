@@ -31,9 +31,7 @@ def safe_segment(segment: str) -> str:
         return escaped
     # Keep a readable head and make it unique with a digest of the whole segment. "%~" never
     # occurs in an escaped literal segment (every literal '%' becomes %25), so this stays injective.
-    return (
-        f"{_truncate(escaped, _TRUNCATED_BYTES)}%~{hashlib.sha256(segment.encode('utf-8')).hexdigest()[:32]}"
-    )
+    return f"{_truncate(escaped, _TRUNCATED_BYTES)}%~{hashlib.sha256(segment.encode('utf-8')).hexdigest()[:32]}"
 
 
 def _truncate(text: str, max_bytes: int) -> str:

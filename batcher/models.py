@@ -97,9 +97,7 @@ class BatchRef:
             raise InvalidRefError(f"a BatchRef is built from a dict, got {type(data).__name__}")
         missing = [name for name in _REF_FIELDS if name not in data]
         if missing:
-            raise InvalidRefError(
-                f"result dict lacks {', '.join(missing)}: is it an s3batch put_object result?"
-            )
+            raise InvalidRefError(f"result dict lacks {', '.join(missing)}: is it an s3batch put_object result?")
         ref = cls(**{name: data[name] for name in _REF_FIELDS})
         given_range = data.get("range")
         if given_range and given_range != ref.range:

@@ -51,15 +51,9 @@ class BatchReader:
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _MISSING:
-                raise BatchNotFoundError(
-                    f"batch s3://{ref.bucket}/{ref.key} does not exist ({code})"
-                ) from exc
+                raise BatchNotFoundError(f"batch s3://{ref.bucket}/{ref.key} does not exist ({code})") from exc
             if code == "InvalidRange":
                 raise InvalidRefError(f"{ref.range} is outside s3://{ref.bucket}/{ref.key}") from exc
-            raise ReadError(
-                f"could not read {ref.object_key!r} from s3://{ref.bucket}/{ref.key}: {code}"
-            ) from exc
+            raise ReadError(f"could not read {ref.object_key!r} from s3://{ref.bucket}/{ref.key}: {code}") from exc
         except BotoCoreError as exc:
-            raise ReadError(
-                f"could not read {ref.object_key!r} from s3://{ref.bucket}/{ref.key}: {exc}"
-            ) from exc
+            raise ReadError(f"could not read {ref.object_key!r} from s3://{ref.bucket}/{ref.key}: {exc}") from exc

@@ -154,9 +154,7 @@ class Staging:
             pipe = self.client.pipeline(transaction=False)
             for entry in entries[start : start + _READ_CHUNK_OBJECTS]:
                 pipe.hget(self.keys.record(entry.record_id), "key")
-            for entry, key in zip(
-                entries[start:], self._redis("read staged keys", pipe.execute), strict=False
-            ):
+            for entry, key in zip(entries[start:], self._redis("read staged keys", pipe.execute), strict=False):
                 if key is None:
                     raise _missing(entry)
                 keys.append(key.decode("utf-8"))
@@ -196,24 +194,18 @@ class Staging:
     def renew(self, batch: ClaimedBatch, lease_until_ms: int) -> bool:
         """Extend the lease; False means another flush took the batch over."""
         keys = [self.keys.leases, self.keys.batch(batch.batch_id)]
-        return bool(
-            self._call(self._renew, keys, [batch.batch_id, batch.token, lease_until_ms], "renew a lease")
-        )
+        return bool(self._call(self._renew, keys, [batch.batch_id, batch.token, lease_until_ms], "renew a lease"))
 
     def expired(self, now_ms: int, limit: int = 10) -> list[str]:
         """Ids of batches whose lease ran out (their flush died or stalled)."""
-        raw = self._redis(
-            "list expired leases", self.client.zrangebyscore, self.keys.leases, "-inf", now_ms, 0, limit
-        )
+        raw = self._redis("list expired leases", self.client.zrangebyscore, self.keys.leases, "-inf", now_ms, 0, limit)
         return [item.decode() for item in cast(list[bytes], raw)]
 
     def take_over(self, batch_id: str, now_ms: int, lease_ms: int) -> ClaimedBatch | None:
         """Become the holder of an expired batch with a fresh token, or None if it is not expired."""
         token = secrets.token_hex(16)
         keys = [self.keys.leases, self.keys.batch(batch_id)]
-        reply = self._call(
-            self._take_over, keys, [batch_id, now_ms, token, now_ms + lease_ms], "take over a batch"
-        )
+        reply = self._call(self._take_over, keys, [batch_id, now_ms, token, now_ms + lease_ms], "take over a batch")
         if not reply:
             return None
         flat = cast(list[bytes], reply)

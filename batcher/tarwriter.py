@@ -68,9 +68,7 @@ def pax_comment(obj: StagedObject, name: str) -> str | None:
         facts["metadata"] = dict(obj.metadata)
     if not facts:
         return None
-    return json.dumps(
-        {"s3batch": FORMAT_VERSION, **facts}, ensure_ascii=False, sort_keys=True, separators=(",", ":")
-    )
+    return json.dumps({"s3batch": FORMAT_VERSION, **facts}, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
 def member_header(obj: StagedObject, name: str) -> bytes:

@@ -89,8 +89,7 @@ class Uploader:
             raise UploadError(f"S3 failed to store batch {where}: {_describe(exc)}") from exc
         except NoCredentialsError as exc:
             raise PermanentUploadError(
-                f"no AWS credentials to upload {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                "or a profile"
+                f"no AWS credentials to upload {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile"
             ) from exc
         except BotoCoreError as exc:
             raise UploadError(f"could not upload batch {where} after {S3_ATTEMPTS} attempts: {exc}") from exc

@@ -29,9 +29,7 @@ def check_key(key: Any) -> str:
     if size == 0:
         raise InvalidKeyError("object key is empty: S3 keys are 1 to 1024 UTF-8 bytes")
     if size > MAX_KEY_BYTES:
-        raise InvalidKeyError(
-            f"object key {key[:60]!r}... is {size} UTF-8 bytes; S3 allows at most {MAX_KEY_BYTES}"
-        )
+        raise InvalidKeyError(f"object key {key[:60]!r}... is {size} UTF-8 bytes; S3 allows at most {MAX_KEY_BYTES}")
     return key
 
 
@@ -57,9 +55,7 @@ def check_content_type(key: str, content_type: Any) -> str | None:
     if content_type is None:
         return None
     if not isinstance(content_type, str):
-        raise InvalidMetadataError(
-            f"content_type of {key!r} must be a str, got {type(content_type).__name__}"
-        )
+        raise InvalidMetadataError(f"content_type of {key!r} must be a str, got {type(content_type).__name__}")
     if not _PRINTABLE_ASCII.match(content_type) or len(content_type) > MAX_CONTENT_TYPE_BYTES:
         raise InvalidMetadataError(
             f"content_type of {key!r} must be 1 to {MAX_CONTENT_TYPE_BYTES} printable ASCII characters, "
@@ -73,9 +69,7 @@ def check_metadata(key: str, metadata: Any) -> dict[str, str]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise InvalidMetadataError(
-            f"metadata of {key!r} must be a dict of str to str, got {type(metadata).__name__}"
-        )
+        raise InvalidMetadataError(f"metadata of {key!r} must be a dict of str to str, got {type(metadata).__name__}")
     total = 0
     for name, value in metadata.items():
         if not isinstance(name, str) or not isinstance(value, str):

@@ -167,9 +167,7 @@ def wait_ready(app: Any, workers: Sequence[WorkerProcess], timeout_s: float = 90
     while missing:
         for worker in workers:
             if worker.process.poll() is not None:
-                raise RuntimeError(
-                    f"worker {worker.name} exited ({worker.process.returncode}):\n{worker.log()}"
-                )
+                raise RuntimeError(f"worker {worker.name} exited ({worker.process.returncode}):\n{worker.log()}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"workers {sorted(missing)} did not answer a ping within {timeout_s} s")
         for reply in app.control.ping(destination=sorted(missing), timeout=0.5) or []:
@@ -311,8 +309,7 @@ def print_table(rows: Sequence[dict[str, Any]], out: Callable[[str], None] = pri
     for n, line in enumerate(lines):
         out(
             "  ".join(
-                cell.ljust(w) if i == 0 else cell.rjust(w)
-                for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+                cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
             )
         )
         if n == 0:
@@ -341,13 +338,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.objects, args.naive_objects = 500, 200
     args.naive_threads = [int(t) for t in str(args.naive_threads).split(",") if t.strip()]
-    if (
-        args.objects < 1
-        or args.size < 1
-        or args.workers < 1
-        or args.concurrency < 1
-        or args.naive_objects < 1
-    ):
+    if args.objects < 1 or args.size < 1 or args.workers < 1 or args.concurrency < 1 or args.naive_objects < 1:
         parser.error("--objects, --size, --workers, --concurrency and --naive-objects must be at least 1")
     if not args.naive_threads or min(args.naive_threads) < 1:
         parser.error("--naive-threads must list thread counts of at least 1")
@@ -407,9 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         env = dict(os.environ)
         for n in range(args.workers):
-            workers.append(
-                WorkerProcess(env, f"b{n}", Path(tmpdir.name), beat=n == 0, concurrency=args.concurrency)
-            )
+            workers.append(WorkerProcess(env, f"b{n}", Path(tmpdir.name), beat=n == 0, concurrency=args.concurrency))
         wait_ready(app, workers)
         print(f"{args.workers} workers x {args.concurrency} processes ready")
 
@@ -452,12 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference = max((r for r in rows if r.get("threads")), key=lambda r: r["threads"])
         comparison["reference"] = reference["scenario"]
         comparison["throughput_ratio"] = batch["objects_per_s"] / reference["objects_per_s"]
-        comparison["put_calls_per_object_ratio"] = (
-            batch["put_calls"] / batch["objects"]
-        )  # naive: 1 per object
-        comparison["cost_per_object_ratio"] = (
-            batch["usd_per_million_objects"] / reference["usd_per_million_objects"]
-        )
+        comparison["put_calls_per_object_ratio"] = batch["put_calls"] / batch["objects"]  # naive: 1 per object
+        comparison["cost_per_object_ratio"] = batch["usd_per_million_objects"] / reference["usd_per_million_objects"]
         print()
         print(
             f"s3batch / {reference['scenario']}: throughput x{comparison['throughput_ratio']:.3f}, "

@@ -74,10 +74,7 @@ def test_from_env_reads_every_variable() -> None:
 
 
 def test_from_env_ignores_unrelated_variables() -> None:
-    assert (
-        Settings.from_env({"BUCKET": "x", "S3BATCH_OTHER": "y", "AWS_DEFAULT_REGION": "eu-west-1"})
-        == Settings()
-    )
+    assert Settings.from_env({"BUCKET": "x", "S3BATCH_OTHER": "y", "AWS_DEFAULT_REGION": "eu-west-1"}) == Settings()
 
 
 def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:

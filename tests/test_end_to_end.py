@@ -72,9 +72,7 @@ def test_round_trip_exact_bytes_and_standard_tars(stack: Stack, tmp_path: Path) 
         ref = BatchRef.from_dict(result)
         assert result["object_key"] == key and result["size"] == len(body)
         assert result["sha256"] == hashlib.sha256(body).hexdigest()
-        assert result["bucket"] == stack.settings.bucket and result["key"].endswith(
-            f"/{result['batch_id']}.tar"
-        )
+        assert result["bucket"] == stack.settings.bucket and result["key"].endswith(f"/{result['batch_id']}.tar")
         if body:
             raw = stack.s3.get_object(Bucket=ref.bucket, Key=ref.key, Range=result["range"])["Body"].read()
             assert raw == body, key

@@ -19,13 +19,20 @@ from tests.support import Stack
 
 
 class Recorder:
+    """A ResultSink that keeps what the flush reported."""
+
     def __init__(self) -> None:
         self.refs: dict[str, BatchRef] = {}
+        self.failures: dict[str, Exception] = {}
 
-    def __call__(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
+    def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
         for record_id, ref in refs:
             assert record_id not in self.refs, f"{record_id} published twice"
             self.refs[record_id] = ref
+
+    def fail(self, record_ids: Sequence[str], error: Exception) -> None:
+        for record_id in record_ids:
+            self.failures[record_id] = error
 
 
 def make_flusher(stack: Stack, **settings: object) -> tuple[Flusher, Recorder]:
@@ -36,9 +43,7 @@ def make_flusher(stack: Stack, **settings: object) -> tuple[Flusher, Recorder]:
 
 def stage(stack: Stack, objs: list) -> None:  # type: ignore[type-arg]
     s = stack.settings
-    stack.staging.stage(
-        objs, max_staged_bytes=s.max_staged_bytes, max_batch_bytes=10**12, max_batch_objects=10**9
-    )
+    stack.staging.stage(objs, max_staged_bytes=s.max_staged_bytes, max_batch_bytes=10**12, max_batch_objects=10**9)
 
 
 def test_batch_key_layout() -> None:
@@ -46,10 +51,7 @@ def test_batch_key_layout() -> None:
 
 
 def test_flush_uploads_one_tar_with_exact_offsets(stack: Stack) -> None:
-    objs = [
-        staged(f"dir/{i}.bin", bytes([i % 256]) * size)
-        for i, size in enumerate([0, 1, 511, 512, 513, 70_000])
-    ]
+    objs = [staged(f"dir/{i}.bin", bytes([i % 256]) * size) for i, size in enumerate([0, 1, 511, 512, 513, 70_000])]
     stage(stack, objs)
     flusher, recorder = make_flusher(stack)
     reports = flusher.flush(force=True)
@@ -78,9 +80,7 @@ def test_nothing_staged_means_no_put(stack: Stack) -> None:
 def test_batches_respect_byte_and_count_limits_and_order(stack: Stack) -> None:
     objs = [staged(f"o{i:04d}", bytes(100 + i % 50)) for i in range(300)]
     stage(stack, objs)
-    flusher, recorder = make_flusher(
-        stack, max_batch_bytes=5_000, max_batch_objects=40, max_object_bytes=1_000
-    )
+    flusher, recorder = make_flusher(stack, max_batch_bytes=5_000, max_batch_objects=40, max_object_bytes=1_000)
     reports = flusher.flush(force=True)
     assert sum(r.objects for r in reports) == 300
     assert all(r.size_bytes <= 5_000 and r.objects <= 40 for r in reports)

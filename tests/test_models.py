@@ -81,9 +81,7 @@ def test_staged_object_size_is_body_length() -> None:
     assert obj.size == 5
 
 
-@pytest.mark.parametrize(
-    "field", ["bucket", "key", "offset", "size", "object_key", "batch_id", "etag", "sha256"]
-)
+@pytest.mark.parametrize("field", ["bucket", "key", "offset", "size", "object_key", "batch_id", "etag", "sha256"])
 def test_missing_field_is_refused(field: str) -> None:
     data = ref_dict()
     del data[field]

@@ -41,9 +41,7 @@ def test_stage_keeps_order_and_accounts_bytes(stack: Stack) -> None:
     entries = stack.staging.entries(batch)
     assert [e.record_id for e in entries] == [o.record_id for o in objs]
     read = list(stack.staging.read_objects(entries))
-    assert [(o.object_key, o.body, o.sha256) for o in read] == [
-        (o.object_key, o.body, o.sha256) for o in objs
-    ]
+    assert [(o.object_key, o.body, o.sha256) for o in read] == [(o.object_key, o.body, o.sha256) for o in objs]
     assert stack.staging.totals()["queued_objects"] == 0
 
 

@@ -61,9 +61,7 @@ def make_batch() -> list[StagedObject]:
     for key in TRICKY_KEYS:
         objects.append(staged(key, rng.randbytes(rng.randrange(1, 2000)), len(objects)))
     objects.append(
-        staged(
-            "with/attrs", b"{}", len(objects), content_type="application/json", metadata={"owner": "alice"}
-        )
+        staged("with/attrs", b"{}", len(objects), content_type="application/json", metadata={"owner": "alice"})
     )
     return objects
 
@@ -122,9 +120,7 @@ def run_tool(*args: str | Path) -> subprocess.CompletedProcess[bytes]:
 # ---- (1) exact offsets ----
 
 
-def test_every_member_body_sits_at_its_offset(
-    objects: list[StagedObject], built: tuple[BuiltTar, bytes]
-) -> None:
+def test_every_member_body_sits_at_its_offset(objects: list[StagedObject], built: tuple[BuiltTar, bytes]) -> None:
     tar, data = built
     assert len(tar.members) == len(objects)
     for member, obj in zip(tar.members, objects, strict=True):
@@ -139,9 +135,7 @@ def test_offsets_agree_with_tarfile(built: tuple[BuiltTar, bytes]) -> None:
     tar, data = built
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         infos = archive.getmembers()
-    assert [(i.name, i.offset_data, i.size) for i in infos] == [
-        (m.name, m.offset, m.size) for m in tar.members
-    ]
+    assert [(i.name, i.offset_data, i.size) for i in infos] == [(m.name, m.offset, m.size) for m in tar.members]
 
 
 def test_plain_key_costs_one_header_block() -> None:
@@ -176,9 +170,7 @@ def test_key_count_must_match_object_count() -> None:
 # ---- (3) determinism ----
 
 
-def test_building_twice_gives_identical_bytes(
-    objects: list[StagedObject], built: tuple[BuiltTar, bytes]
-) -> None:
+def test_building_twice_gives_identical_bytes(objects: list[StagedObject], built: tuple[BuiltTar, bytes]) -> None:
     again, data = build(list(objects))
     assert data == built[1]
     assert again.sha256 == built[0].sha256
@@ -267,9 +259,7 @@ def test_headers_are_fixed_and_mtime_is_staging_time(objects: list[StagedObject]
         assert info.mtime == obj.staged_ms // 1000
         assert info.mode == 0o644
         assert (info.uid, info.gid, info.uname, info.gname) == (0, 0, "", "")
-    assert (
-        len({info.mtime for info in infos}) == 2
-    )  # staging times straddle a second: each member has its own
+    assert len({info.mtime for info in infos}) == 2  # staging times straddle a second: each member has its own
 
 
 # ---- (7) spooling ----

@@ -86,9 +86,7 @@ def run_demo(*, objects: int, workers: int, concurrency: int, read_back: int, se
             sent_at[result.id] = time.monotonic()
             results.append(result)
         sending_s = time.monotonic() - started
-        print(
-            f"sent {objects} objects ({sum(sizes):,} bytes) in {sending_s:.1f} s; waiting for their batches"
-        )
+        print(f"sent {objects} objects ({sum(sizes):,} bytes) in {sending_s:.1f} s; waiting for their batches")
 
         def arrived(task_id: str, _value: object) -> None:
             done_at[task_id] = time.monotonic()

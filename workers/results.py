@@ -44,9 +44,7 @@ class ResultWriter:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
-        self.backend: Any = cast(
-            Any, app.backend
-        )  # celery-types does not describe RedisBackend's client and keys
+        self.backend: Any = cast(Any, app.backend)  # celery-types does not describe RedisBackend's client and keys
         self._redis = isinstance(self.backend, RedisBackend)
         self._mark_staged = self.backend.client.register_script(_MARK_STAGED) if self._redis else None
 
@@ -68,9 +66,7 @@ class ResultWriter:
             self.backend.store_result(task_id, info, STAGED)
             return
         key = self.backend.get_key_for_task(task_id)
-        self._mark_staged(
-            keys=[key], args=[self._meta(task_id, STAGED, info), int(self.backend.expires or 0)]
-        )
+        self._mark_staged(keys=[key], args=[self._meta(task_id, STAGED, info), int(self.backend.expires or 0)])
 
     def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
         """Store SUCCESS with each ref's dict; repeating it for the same task is harmless."""
