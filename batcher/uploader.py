@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -91,7 +91,7 @@ class Uploader:
             raise PermanentUploadError(
                 f"no AWS credentials to upload {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile"
             ) from exc
-        except BotoCoreError as exc:
+        except (BotoCoreError, ValueError) as exc:  # ValueError: botocore parsing a response cut short
             raise UploadError(f"could not upload batch {where} after {S3_ATTEMPTS} attempts: {exc}") from exc
 
     def _put(self, bucket: str, key: str, tar: BuiltTar) -> str:
@@ -106,7 +106,7 @@ class Uploader:
             Metadata={SHA256_METADATA: tar.sha256},
             IfNoneMatch="*",
         )
-        return response["ETag"]
+        return self._confirmed_etag(response, bucket, key, tar)
 
     def _multipart(self, bucket: str, key: str, tar: BuiltTar) -> str:
         upload = self.client.create_multipart_upload(
@@ -133,23 +133,50 @@ class Uploader:
             with contextlib.suppress(ClientError, BotoCoreError):
                 self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
-        return response["ETag"]
+        return self._confirmed_etag(response, bucket, key, tar)
+
+    def _confirmed_etag(self, response: Mapping[str, Any], bucket: str, key: str, tar: BuiltTar) -> str:
+        """The ETag of a successful answer, or, when it lacks a whole (quoted) one, the ETag HEAD finds.
+
+        An answer cut short after its status code still parses as a success, because http.client
+        ends the headers at the end of the connection: its ETag may be missing or cut in half.
+        """
+        etag = response.get("ETag")
+        if _whole_etag(etag):
+            return str(etag)
+        existing = self._existing_etag(bucket, key, tar)
+        if existing is None:
+            raise UploadError(
+                f"S3 answered s3://{bucket}/{key} without a whole ETag ({etag!r}) and holds no object there"
+            )
+        return existing
 
     def _existing_etag(self, bucket: str, key: str, tar: BuiltTar) -> str | None:
-        """The ETag at ``key`` if it is our tar, None if nothing is there; BatchConflictError otherwise."""
-        try:
-            head = self.client.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise
-        theirs = head.get("Metadata", {}).get(SHA256_METADATA)
-        if theirs != tar.sha256:
-            raise BatchConflictError(
-                f"s3://{bucket}/{key} already exists with different content (sha256 {theirs}, ours "
-                f"{tar.sha256}); refusing to overwrite it"
-            )
-        return head["ETag"]
+        """The ETag at ``key`` if it is our tar, None if nothing is there; BatchConflictError otherwise.
+
+        A HEAD answer that lacks a whole ETag or our checksum metadata (a response cut short) is
+        asked again rather than taken as a conflict; if it stays incomplete, UploadError (retried).
+        """
+        for _ in range(3):
+            try:
+                head = self.client.head_object(Bucket=bucket, Key=key)
+            except ClientError as exc:
+                if _status(exc) == 404:
+                    return None
+                raise
+            etag, theirs = head.get("ETag"), head.get("Metadata", {}).get(SHA256_METADATA)
+            if _whole_etag(etag) and theirs is not None:
+                if theirs != tar.sha256:
+                    raise BatchConflictError(
+                        f"s3://{bucket}/{key} already exists with different content (sha256 {theirs}, ours "
+                        f"{tar.sha256}); refusing to overwrite it"
+                    )
+                return str(etag)
+        raise UploadError(f"S3 answered HEAD s3://{bucket}/{key} incompletely (ETag {etag!r}, sha256 {theirs!r})")
+
+
+def _whole_etag(etag: object) -> bool:
+    return isinstance(etag, str) and len(etag) >= 2 and etag.startswith('"') and etag.endswith('"')
 
 
 def _status(exc: ClientError) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Iterator
 
 import boto3
@@ -66,7 +67,8 @@ def s3(s3_server: S3Server):  # type: ignore[no-untyped-def]
 def stack(redis_server: RedisServer, s3_server: S3Server, s3, tmp_path, request) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     """A clean staging database, a new bucket, and what a test needs to run workers against them."""
     db = next(_db_numbers)
-    bucket = f"test-{db}-{request.node.name.lower().replace('_', '-')[:40]}".rstrip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40]
+    bucket = f"test-{db}-{slug}".rstrip("-")
     s3.create_bucket(Bucket=bucket)
     broker = redis.Redis.from_url(redis_server.url(0))
     for key in broker.scan_iter(match="s3batch*"):

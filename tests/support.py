@@ -35,9 +35,13 @@ class Stack:
         env.update({k: str(v) for k, v in overrides.items()})
         return env
 
-    def start_worker(self, *, beat: bool = True, concurrency: int = 2, **overrides: Any) -> WorkerProcess:
+    def start_worker(
+        self, *, beat: bool = True, concurrency: int = 2, queues: str | None = None, **overrides: Any
+    ) -> WorkerProcess:
+        """A worker on this stack's database and bucket; keyword overrides become environment variables."""
+        name = f"w{len(self.workers)}"
         worker = WorkerProcess(
-            self.env(**overrides), f"w{len(self.workers)}", self.tmp_path, beat=beat, concurrency=concurrency
+            self.env(**overrides), name, self.tmp_path, beat=beat, concurrency=concurrency, queues=queues
         )
         self.workers.append(worker)
         worker.wait_ready()

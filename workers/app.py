@@ -19,7 +19,7 @@ QUEUE = "s3batch"
 FLUSH_QUEUE = "s3batch.flush"
 
 settings = Settings.from_env()
-VISIBILITY_TIMEOUT_S = max(30, int(3 * settings.max_batch_age_s))
+VISIBILITY_TIMEOUT_S = max(10, int(3 * settings.max_batch_age_s))
 
 app = Celery("s3batch", include=["workers.tasks"])
 app.conf.update(

@@ -25,6 +25,7 @@ class WorkerProcess:
         beat: bool,
         concurrency: int = 2,
         loglevel: str = "INFO",
+        queues: str | None = None,
     ) -> None:
         self.name = name
         self.logfile = logdir / f"{name}.log"
@@ -35,6 +36,8 @@ class WorkerProcess:
         ]  # fmt: skip
         if beat:
             command += ["-B", "-s", str(logdir / f"{name}-beat-schedule")]
+        if queues:
+            command += ["-Q", queues]
         self.process = subprocess.Popen(
             command,
             env=env,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,20 +50,29 @@ class Runtime:
 
 
 def crash_point_from_env() -> Callable[[str], None]:
-    """Fault injection for the recovery tests: ``S3BATCH_CRASH_AT=point[:n]`` SIGKILLs this worker's
-    process group the n-th time (default 1st) a flush reaches ``point`` (see Flusher.checkpoint)."""
+    """Fault injection for the recovery tests, never set in production.
+
+    ``S3BATCH_CRASH_AT=point[:n[:action]]``: the n-th time (default 1st) a flush reaches ``point``
+    (see Flusher.checkpoint), ``kill`` (default) SIGKILLs this worker's whole process group,
+    ``stop`` SIGSTOPs it (a stalled flush), ``sleep`` pauses this flush for 3 s (a slow one).
+    """
     spec = os.environ.get("S3BATCH_CRASH_AT", "")
     if not spec:
         return lambda point: None
-    target, _, nth = spec.partition(":")
+    target, nth, action = ([*spec.split(":"), "", ""])[:3]
     remaining = [int(nth or 1)]
 
     def crash(point: str) -> None:
-        if point == target:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                log.error("s3batch S3BATCH_CRASH_AT=%s reached: killing this worker", spec)
-                os.killpg(os.getpgid(0), signal.SIGKILL)
+        if point != target:
+            return
+        remaining[0] -= 1
+        if remaining[0] != 0:
+            return
+        log.error("s3batch S3BATCH_CRASH_AT=%s reached", spec)
+        if action == "sleep":
+            time.sleep(3)
+        else:
+            os.killpg(os.getpgid(0), signal.SIGSTOP if action == "stop" else signal.SIGKILL)
 
     return crash
 
