@@ -60,7 +60,9 @@ def s3_server() -> S3Server:
 
 @pytest.fixture
 def s3(s3_server: S3Server):  # type: ignore[no-untyped-def]
-    return boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+    client = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+    yield client
+    client.close()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from batcher.config import _VARIABLES, Settings
+from batcher.index import is_reserved
 from batcher.staging import Staging
 from workers.process import WorkerProcess
 
@@ -61,5 +62,6 @@ class Stack:
         return bytes(self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read())
 
     def members(self, key: str) -> list[tarfile.TarInfo]:
+        """The batch's object members, in order (its own index and trailer members left out)."""
         with tarfile.open(fileobj=io.BytesIO(self.tar_bytes(key))) as tar:
-            return tar.getmembers()
+            return [member for member in tar.getmembers() if not is_reserved(member.name)]

@@ -12,6 +12,7 @@ from dataclasses import replace
 import pytest
 
 from batcher.flush import Flusher, batch_key
+from batcher.index import INDEX_NAME, TRAILER_NAME
 from batcher.models import BatchRef
 from batcher.uploader import Uploader
 from tests.factories import staged
@@ -63,7 +64,7 @@ def test_flush_uploads_one_tar_with_exact_offsets(stack: Stack) -> None:
         assert tar[ref.offset : ref.offset + ref.size] == obj.body
         assert ref.sha256 == hashlib.sha256(obj.body).hexdigest()
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
-        assert [m.name for m in archive.getmembers()] == [o.object_key for o in objs]
+        assert archive.getnames() == [o.object_key for o in objs] + [INDEX_NAME, TRAILER_NAME]
     totals = stack.staging.totals()
     assert totals["staged_bytes"] == 0 and totals["batches_in_flight"] == 0
     left = sorted(k.decode().split(":")[2] for k in stack.staging.client.keys("*"))

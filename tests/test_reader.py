@@ -1,68 +1,358 @@
-"""BatchReader against moto's S3 server: one ranged GET per object, specific errors."""
+"""BatchReader against moto's S3 server: requests counted at the client, exact bytes, specific errors."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import hashlib
+import random
+import tarfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 
 from batcher import BatchReader, BatchRef
-from batcher.errors import BatchNotFoundError, ChecksumMismatchError, InvalidRefError
+from batcher.errors import (
+    BatchNotFoundError,
+    ChecksumMismatchError,
+    CorruptedBatchError,
+    InvalidRefError,
+    ReadError,
+)
+from batcher.flush import Flusher
+from batcher.index import location_from_metadata
+from batcher.models import StagedObject
+from batcher.reader import TAIL_BYTES
 from batcher.tarwriter import build_tar
 from batcher.uploader import Uploader
-from tests.factories import staged
 from tests.support import Stack
 
+CREATED_MS = 1_700_000_000_000
 
-def upload(stack: Stack, key: str, bodies: list[bytes]) -> list[BatchRef]:
-    objs = [staged(f"o{i}", body) for i, body in enumerate(bodies)]
-    with build_tar([o.object_key for o in objs], objs) as tar:
-        etag = Uploader(stack.s3).upload(stack.settings.bucket or "", key, tar)
+
+def obj(
+    key: str, body: bytes, n: int, content_type: str | None = None, metadata: dict[str, str] | None = None
+) -> StagedObject:
+    return StagedObject(
+        f"rec-{n}", key, body, CREATED_MS - 1000 + n, hashlib.sha256(body).hexdigest(), content_type, metadata or {}
+    )
+
+
+def upload(
+    stack: Stack, key: str, objs: Sequence[StagedObject] | list[bytes], batch_id: str = "01JB1"
+) -> list[BatchRef]:
+    """Build a batch of ``objs`` (or of bodies named o0, o1...) with build_tar, upload it, return its refs."""
+    objs = [o if isinstance(o, StagedObject) else obj(f"o{i}", o, i) for i, o in enumerate(objs)]
+    bucket = stack.settings.bucket or ""
+    with build_tar([o.object_key for o in objs], objs, batch_id=batch_id, created_ms=CREATED_MS) as tar:
+        etag = Uploader(stack.s3).upload(bucket, key, tar)
+    return [BatchRef(bucket, key, m.offset, m.size, m.object_key, batch_id, etag, m.sha256) for m in tar.members]
+
+
+class Sink:
+    """The flush's ResultSink: the refs the producers get, by record id."""
+
+    def __init__(self) -> None:
+        self.refs: dict[str, BatchRef] = {}
+
+    def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
+        self.refs.update(refs)
+
+    def fail(self, record_ids: Sequence[str], error: Exception) -> None:
+        raise AssertionError(f"flush failed: {error}")
+
+
+def flush(stack: Stack, objs: list[StagedObject], **settings: Any) -> list[BatchRef]:
+    """Stage ``objs`` and flush them as the workers do; the refs the producers got, in staging order."""
+    stack.staging.stage(objs, max_staged_bytes=10**12, max_batch_bytes=10**12, max_batch_objects=10**9)
+    sink = Sink()
+    Flusher(replace(stack.settings, **settings), stack.staging, Uploader(stack.s3), sink).flush(force=True)
+    return [sink.refs[o.record_id] for o in objs]
+
+
+def sample(count: int, seed: int) -> list[StagedObject]:
+    rng = random.Random(seed)
+    types = [None, "image/png", "application/json"]
     return [
-        BatchRef(stack.settings.bucket or "", key, m.offset, m.size, m.object_key, "B1", etag, m.sha256)
-        for m in tar.members
-    ]
+        obj(f"s{seed}/{i:05d}.bin", rng.randbytes(rng.choice([0, 1, 100, 511, 512, 513, 4000])), i,
+            types[i % 3], {"n": str(i)} if i % 5 == 0 else None)
+        for i in range(count)
+    ]  # fmt: skip
 
 
-def counting(client: Any) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-    client.meta.events.register("before-send.s3", lambda request, **_: sent.append(dict(request.headers)))
-    return sent
+@dataclass
+class Traffic:
+    """Every request the client sends: headers, and the body bytes of each GetObject answer."""
+
+    requests: list[dict[str, str]] = field(default_factory=list)
+    get_bytes: list[int] = field(default_factory=list)
+
+    @property
+    def ranges(self) -> list[str | None]:
+        return [r.get("Range") for r in self.requests]
+
+
+def traffic(client: Any) -> Traffic:
+    seen = Traffic()
+
+    def before_send(request: Any, **_: Any) -> None:
+        seen.requests.append({k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()})
+
+    def after_get(parsed: Any, **_: Any) -> None:
+        seen.get_bytes.append(int(parsed.get("ContentLength", 0)))
+
+    client.meta.events.register("before-send.s3", before_send)
+    client.meta.events.register("after-call.s3.GetObject", after_get)
+    return seen
+
+
+def no_multi_range(seen: Traffic) -> bool:
+    return all("," not in (r or "") for r in seen.ranges)
+
+
+# ---- get ----
 
 
 def test_get_is_one_ranged_get(stack: Stack) -> None:
     refs = upload(stack, "r/1.tar", [b"alpha", b"", b"gamma" * 1000])
-    sent = counting(stack.s3)
+    seen = traffic(stack.s3)
     reader = BatchReader(stack.s3)
     assert reader.get(refs[0]) == b"alpha"
-    assert len(sent) == 1 and sent[0]["Range"] == refs[0].range.encode()
+    assert seen.ranges == [refs[0].range]
     assert reader.get(refs[1]) == b""
-    assert len(sent) == 1  # an empty object needs no request
+    assert len(seen.requests) == 1  # an empty object needs no request
     assert reader.get(refs[2]) == b"gamma" * 1000
 
 
 def test_missing_batch(stack: Stack) -> None:
     (ref,) = upload(stack, "r/2.tar", [b"x"])
-    with pytest.raises(BatchNotFoundError, match="does not exist"):
-        BatchReader(stack.s3).get(replace(ref, key="r/none.tar"))
-    with pytest.raises(BatchNotFoundError):
-        BatchReader(stack.s3).get(replace(ref, bucket="no-such-bucket-s3batch"))
-
-
-def test_corrupted_byte_is_detected(stack: Stack) -> None:
-    (ref,) = upload(stack, "r/3.tar", [b"precious bytes"])
-    data = bytearray(stack.tar_bytes("r/3.tar"))
-    data[ref.offset + 3] ^= 0xFF
-    stack.s3.put_object(Bucket=ref.bucket, Key=ref.key, Body=bytes(data))
-    with pytest.raises(ChecksumMismatchError, match="does not match its sha256"):
-        BatchReader(stack.s3).get(ref)
-    assert BatchReader(stack.s3).get(ref, verify=False) != b"precious bytes"
+    reader = BatchReader(stack.s3)
+    gone = replace(ref, key="r/none.tar")
+    for read in (
+        lambda: reader.get(gone),
+        lambda: reader.get(replace(ref, bucket="no-such-bucket-s3batch")),
+        lambda: reader.get_many([ref, gone]),
+        lambda: reader.index(ref.bucket, gone.key),
+        lambda: list(reader.iter_batch(ref.bucket, gone.key)),
+        lambda: reader.head(gone),
+        lambda: reader.verify(ref.bucket, gone.key),
+    ):
+        with pytest.raises(BatchNotFoundError, match="does not exist"):
+            read()
 
 
 def test_bad_refs(stack: Stack) -> None:
+    reader = BatchReader(stack.s3)
     with pytest.raises(InvalidRefError):
-        BatchReader(stack.s3).get({"bucket": "b"})  # type: ignore[arg-type]
-    (ref,) = upload(stack, "r/4.tar", [b"x"])
+        reader.get({"bucket": "b"})  # type: ignore[arg-type]
+    with pytest.raises(InvalidRefError):
+        reader.get_many([{"bucket": "b"}])  # type: ignore[list-item]
+    first, second = upload(stack, "r/4.tar", [b"x", b"y" * 600])
     with pytest.raises(InvalidRefError, match="outside"):
-        BatchReader(stack.s3).get(replace(ref, offset=10**9))
+        reader.get(replace(first, offset=10**9))
+    with pytest.raises(InvalidRefError, match="not where a tar member's data starts"):
+        reader.head(replace(first, offset=first.offset + 1))
+    with pytest.raises(InvalidRefError, match="not where a tar member's data starts"):
+        reader.head(replace(second, offset=second.offset + 512))  # inside the data: no header before it
+    with pytest.raises(InvalidRefError, match="not the ref's"):
+        reader.head(replace(second, offset=first.offset))
+    with pytest.raises(ValueError, match="gap_bytes"):
+        BatchReader(stack.s3, gap_bytes=-1)
+
+
+# ---- index ----
+
+
+def test_index_of_ten_thousand_objects_is_two_gets_and_the_producers_refs(stack: Stack) -> None:
+    objs = sample(10_000, seed=1)
+    produced = flush(stack, objs)
+    bucket, key = produced[0].bucket, produced[0].key
+    assert {(ref.bucket, ref.key) for ref in produced} == {(bucket, key)}  # one batch
+    seen = traffic(stack.s3)
+    index = BatchReader(stack.s3).index(bucket, key)
+    assert index.refs == produced
+    assert len(seen.requests) == 2 and seen.ranges[0] == f"bytes=-{TAIL_BYTES}"
+    assert no_multi_range(seen) and seen.requests[1]["If-Match"] == produced[0].etag
+    assert [(i.content_type, dict(i.metadata)) for i in index.objects] == [
+        (o.content_type, dict(o.metadata)) for o in objs
+    ]
+    assert (index.batch_id, len(index.objects), index.format) == (produced[0].batch_id, 10_000, 1)
+    assert index.writer.startswith("s3batch/") and index.created.endswith("Z")
+    head = stack.s3.head_object(Bucket=bucket, Key=key)  # the other way to find the index
+    location = location_from_metadata(head["Metadata"])
+    assert location is not None and location.size > TAIL_BYTES  # the index did not fit in the first GET
+    assert sum(seen.get_bytes) == head["ContentLength"] - location.offset  # from the index on, each byte once
+
+
+def test_index_of_a_small_batch_is_one_get(stack: Stack) -> None:
+    refs = upload(stack, "r/small.tar", sample(100, seed=2), batch_id="01JSMALL")
+    seen = traffic(stack.s3)
+    index = BatchReader(stack.s3).index(refs[0].bucket, "r/small.tar")
+    assert index.refs == refs and index.batch_id == "01JSMALL"
+    assert seen.ranges == [f"bytes=-{TAIL_BYTES}"]
+
+
+def test_index_needs_an_s3batch_trailer(stack: Stack, tmp_path: Any) -> None:
+    bucket = stack.settings.bucket
+    plain = tmp_path / "plain.tar"
+    (tmp_path / "file").write_bytes(b"not a batch")
+    with tarfile.open(plain, "w") as tar:
+        tar.add(tmp_path / "file", arcname="file")
+    stack.s3.put_object(Bucket=bucket, Key="r/plain.tar", Body=plain.read_bytes())
+    reader = BatchReader(stack.s3)
+    with pytest.raises(CorruptedBatchError, match="not an s3batch trailer"):
+        reader.index(bucket, "r/plain.tar")
+    upload(stack, "r/whole.tar", [b"a", b"b"])
+    data = stack.tar_bytes("r/whole.tar")
+    stack.s3.put_object(Bucket=bucket, Key="r/cut.tar", Body=data[: len(data) - tarfile.RECORDSIZE])
+    with pytest.raises(CorruptedBatchError):
+        reader.index(bucket, "r/cut.tar")
+    stack.s3.put_object(Bucket=bucket, Key="r/empty.tar", Body=b"")
+    with pytest.raises(ReadError):
+        reader.index(bucket, "r/empty.tar")
+
+
+def test_damaged_index_is_detected(stack: Stack) -> None:
+    refs = upload(stack, "r/idx.tar", [b"one", b"two"])
+    data = bytearray(stack.tar_bytes("r/idx.tar"))
+    at = bytes(data).index(b'"o1"')  # a key inside the index member's JSON
+    data[at + 2] = ord("X")
+    bucket = refs[0].bucket
+    stack.s3.put_object(Bucket=bucket, Key="r/idx.tar", Body=bytes(data))
+    reader = BatchReader(stack.s3)
+    with pytest.raises(CorruptedBatchError, match="does not match the SHA-256 in its trailer"):
+        reader.index(bucket, "r/idx.tar")
+    check = reader.verify(bucket, "r/idx.tar")
+    assert not check.ok and "trailer" in check.problems[0]
+
+
+# ---- get_many ----
+
+
+@pytest.fixture
+def five_batches(stack: Stack) -> tuple[list[StagedObject], list[BatchRef]]:
+    objs = sample(2000, seed=3)
+    refs = flush(stack, objs, max_batch_objects=400)
+    assert len({ref.key for ref in refs}) == 5
+    return objs, refs
+
+
+def test_get_many_near_objects_is_one_get_per_batch(
+    stack: Stack, five_batches: tuple[list[StagedObject], list[BatchRef]]
+) -> None:
+    objs, refs = five_batches
+    picked = list(range(0, 2000, 2))  # 1,000 refs, every other object: gaps of one member
+    random.Random(4).shuffle(picked)
+    seen = traffic(stack.s3)
+    got = BatchReader(stack.s3).get_many([refs[n] for n in picked])
+    assert got == [objs[n].body for n in picked]
+    assert len(seen.requests) == 5 and no_multi_range(seen)
+
+
+def test_get_many_far_objects_is_one_get_per_object(
+    stack: Stack, five_batches: tuple[list[StagedObject], list[BatchRef]]
+) -> None:
+    objs, refs = five_batches
+    picked = list(range(0, 2000, 2))
+    seen = traffic(stack.s3)
+    got = BatchReader(stack.s3, gap_bytes=1024).get_many([refs[n] for n in picked])  # every gap is > 3 KiB
+    assert got == [objs[n].body for n in picked]
+    assert len(seen.requests) == sum(1 for n in picked if refs[n].size) and no_multi_range(seen)
+    assert sorted(r for r in seen.ranges if r) == sorted(refs[n].range for n in picked if refs[n].size)
+
+
+def test_get_many_handles_repeats_neighbours_and_empty_objects(stack: Stack) -> None:
+    bodies = [b"a" * 700, b"", b"c" * 10, b"d" * 5000]
+    refs = upload(stack, "r/many.tar", bodies)
+    asked = [refs[3], refs[0], refs[1], refs[0], refs[2], refs[3]]
+    seen = traffic(stack.s3)
+    assert BatchReader(stack.s3, gap_bytes=0).get_many(asked) == [
+        bodies[3],
+        bodies[0],
+        b"",
+        bodies[0],
+        bodies[2],
+        bodies[3],
+    ]
+    assert len(seen.requests) == 3  # gap 0: members are never adjacent (headers between), repeats are read once
+    assert BatchReader(stack.s3).get_many([]) == []
+
+
+# ---- iter_batch and head ----
+
+
+def test_iter_batch_streams_every_object_with_its_ref_in_one_get(stack: Stack) -> None:
+    objs = sample(300, seed=5)
+    refs = upload(stack, "batches/2025/01/01/00/01JSTREAM.tar", objs, batch_id="01JSTREAM")
+    seen = traffic(stack.s3)
+    streamed = list(BatchReader(stack.s3).iter_batch(refs[0].bucket, refs[0].key))
+    assert [info.ref for info, _ in streamed] == refs
+    assert [data for _, data in streamed] == [o.body for o in objs]
+    assert [(i.content_type, dict(i.metadata)) for i, _ in streamed] == [(o.content_type, o.metadata) for o in objs]
+    assert len(seen.requests) == 1 and "Range" not in seen.requests[0]
+
+
+def test_head_gives_content_type_and_metadata_from_one_small_get(stack: Stack) -> None:
+    widest_key = "\x01" * 1024  # every byte escaped in the name (3x) and in the JSON (6x)
+    widest_metadata = {"k": "\x02" * 2046}  # S3's 2 KiB, JSON-escaped 6x
+    objs = [
+        obj("plain", b"p", 0),
+        obj(widest_key, b"w" * 10, 1, "x/" + "y" * 254, widest_metadata),
+        obj("typed", b"{}", 2, "application/json", {"owner": "alice"}),
+    ]
+    refs = upload(stack, "r/head.tar", objs)
+    reader = BatchReader(stack.s3)
+    seen = traffic(stack.s3)
+    infos = [reader.head(ref) for ref in refs]
+    assert [(i.ref, i.content_type, dict(i.metadata)) for i in infos] == [
+        (ref, o.content_type, o.metadata) for ref, o in zip(refs, objs, strict=True)
+    ]
+    assert infos[0].name == "plain" and infos[1].name.startswith("%01%01")
+    assert len(seen.requests) == 3 and max(seen.get_bytes) <= 32 * 1024
+
+
+# ---- damage ----
+
+
+def test_corrupted_byte_is_detected(stack: Stack) -> None:
+    refs = upload(stack, "r/3.tar", [b"precious bytes", b"more"])
+    ref = refs[0]
+    data = bytearray(stack.tar_bytes("r/3.tar"))
+    data[ref.offset + 3] ^= 0xFF
+    stack.s3.put_object(Bucket=ref.bucket, Key=ref.key, Body=bytes(data))
+    reader = BatchReader(stack.s3)
+    with pytest.raises(ChecksumMismatchError, match="does not match its sha256"):
+        reader.get(ref)
+    assert reader.get(ref, verify=False) != b"precious bytes"
+    with pytest.raises(ChecksumMismatchError):
+        reader.get_many(refs)
+    with pytest.raises(ChecksumMismatchError):
+        list(reader.iter_batch(ref.bucket, ref.key))
+    check = reader.verify(ref.bucket, ref.key)
+    assert (check.ok, check.objects, len(check.problems)) == (False, 2, 1)
+    assert "'o0'" in check.problems[0] and ref.range in check.problems[0]
+
+
+def test_verify_detects_a_damaged_header_and_passes_an_intact_batch(stack: Stack) -> None:
+    refs = upload(stack, "r/hdr.tar", [b"a" * 100, b"b" * 100, b"c" * 100])
+    reader = BatchReader(stack.s3)
+    intact = reader.verify(refs[0].bucket, refs[0].key)
+    assert intact.ok and intact.objects == 3 and intact.bytes_read == len(stack.tar_bytes("r/hdr.tar"))
+    data = bytearray(stack.tar_bytes("r/hdr.tar"))
+    data[refs[1].offset - 512 + 100] ^= 0x01  # the mode field of the second object's ustar header
+    stack.s3.put_object(Bucket=refs[0].bucket, Key="r/hdr.tar", Body=bytes(data))
+    damaged = reader.verify(refs[0].bucket, "r/hdr.tar")
+    assert (damaged.ok, damaged.objects) == (False, 1) and "bad checksum" in damaged.problems[0]
+    with pytest.raises(CorruptedBatchError):
+        list(reader.iter_batch(refs[0].bucket, "r/hdr.tar"))
+
+
+def test_padding_damage_fails_the_tar_digest(stack: Stack) -> None:
+    refs = upload(stack, "r/pad.tar", [b"a"])
+    data = bytearray(stack.tar_bytes("r/pad.tar"))
+    data[-1] = 1  # record padding after the end-of-archive blocks: no member covers it
+    bucket = refs[0].bucket
+    head = stack.s3.head_object(Bucket=bucket, Key="r/pad.tar")
+    stack.s3.put_object(Bucket=bucket, Key="r/pad.tar", Body=bytes(data), Metadata=head["Metadata"])
+    check = BatchReader(stack.s3).verify(bucket, "r/pad.tar")
+    assert check.problems == [check.problems[0]] and "uploaded as" in check.problems[0]

@@ -43,7 +43,17 @@ def check_all_landed_once(stack: Stack, bodies: dict[str, bytes], payloads: dict
         tar_cache[key] = stack.tar_bytes(key)
         for member in stack.members(key):
             members[(key, member.offset_data)] = members.get((key, member.offset_data), 0) + 1
+    if sum(members.values()) != len(bodies):
+        from collections import Counter
+
+        names = Counter((m.name) for key in stack.batch_keys() for m in stack.members(key))
+        dup = [n for n, c in names.items() if c > 1][:5]
+        for key in stack.batch_keys():
+            for m in stack.members(key):
+                if m.name in dup:
+                    print("DUP", key, m.name, m.offset_data, m.size, m.mtime)
     assert sum(members.values()) == len(bodies), "every object is in exactly one tar"
+
     for task_id, body in bodies.items():
         p = payloads[task_id]
         assert tar_cache[p["key"]][p["offset"] : p["offset"] + p["size"]] == body
@@ -61,15 +71,40 @@ def send(count: int, size: int, seed: int) -> tuple[dict[str, bytes], list[Async
     results = []
     for i in range(count):
         body = rng.randbytes(rng.randint(0, size))
-        result = put_object.delay(f"crash/{seed}/{i:05d}", body)
+        result = put_object.delay(key_of(seed, i), body)
         bodies[result.id] = body
         results.append(result)
     return bodies, results
 
 
+def key_of(seed: int, i: int) -> str:
+    return f"crash/{seed}/{i:05d}"
+
+
 def collect(results: list[AsyncResult], timeout_s: float = 120) -> dict[str, dict[str, Any]]:
     ResultSet(results).join_native(timeout=timeout_s)
     return {r.id: r.get(timeout=1) for r in results}
+
+
+def collect_resending(
+    results: list[AsyncResult], args: dict[str, tuple[str, bytes]], timeout_s: float = 45
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """Results of tasks sent while workers were SIGKILLed, and how many had to be sent again.
+
+    Celery's Redis transport loses a message that BRPOP has popped but the killed worker had not yet
+    recorded as unacknowledged (kombu's known window); such a task stays PENDING after every
+    unacknowledged message has come back. Staging is idempotent per task id, so the documented
+    remedy, sending it again with the same task id, is safe.
+    """
+    from workers.tasks import put_object
+
+    try:
+        return collect(results, timeout_s=timeout_s), 0
+    except Exception:
+        lost = [r.id for r in results if AsyncResult(r.id).state == "PENDING"]
+        for task_id in lost:
+            put_object.apply_async(args[task_id], task_id=task_id)
+        return collect([AsyncResult(r.id) for r in results], timeout_s=60), len(lost)
 
 
 @pytest.mark.parametrize(
@@ -139,15 +174,7 @@ def test_sigkill_in_the_middle_of_a_multipart_upload(stack: Stack) -> None:
 
 
 def test_randomized_kills_over_thousands_of_objects(stack: Stack) -> None:
-    """Workers SIGKILLed at random moments while objects flow: every object lands exactly once.
-
-    Celery's Redis transport loses a message that BRPOP has popped but the killed worker had not yet
-    recorded as unacknowledged (kombu's known window); such a task stays PENDING. Staging is
-    idempotent per task id, so the documented remedy, sending it again with the same task id, is
-    safe, and this test applies it and counts how often it was needed.
-    """
-    from workers.tasks import put_object
-
+    """Workers SIGKILLed at random moments while objects flow: every object lands exactly once."""
     env = {"S3BATCH_LEASE_SECONDS": 2, "S3BATCH_MAX_BATCH_AGE": 1, "S3BATCH_MAX_BATCH_OBJECTS": 150}
     workers = [stack.start_worker(beat=True, **env), stack.start_worker(beat=False, **env)]
     rng = random.Random(5)
@@ -160,7 +187,7 @@ def test_randomized_kills_over_thousands_of_objects(stack: Stack) -> None:
         for round_ in range(10):
             bodies, batch = send(300, 800, seed=100 + round_)
             sent.update(bodies)
-            keys.update({r.id: f"crash/{100 + round_}/{i:05d}" for i, r in enumerate(batch)})
+            keys.update({r.id: key_of(100 + round_, i) for i, r in enumerate(batch)})
             results.extend(batch)
             time.sleep(0.3)
         producer_done.set()
@@ -176,15 +203,7 @@ def test_randomized_kills_over_thousands_of_objects(stack: Stack) -> None:
         kills += 1
         workers[victim] = stack.start_worker(beat=victim == 0, **env)
     producer.join()
-    try:
-        payloads = collect(results, timeout_s=45)  # redelivered unacked messages arrive within ~20 s
-        resent = 0
-    except Exception:
-        lost = [r.id for r in results if AsyncResult(r.id).state == "PENDING"]
-        for task_id in lost:
-            put_object.apply_async((keys[task_id], sent[task_id]), task_id=task_id)
-        resent = len(lost)
-        payloads = collect([AsyncResult(r.id) for r in results], timeout_s=60)
+    payloads, resent = collect_resending(results, {i: (keys[i], sent[i]) for i in sent})
     check_all_landed_once(stack, sent, payloads)
     print(
         f"\nrandomized kills: {kills} kills survived, {len(sent)} objects checked, 0 lost, "
@@ -247,8 +266,11 @@ def test_worker_killed_with_prefetched_put_objects_loses_none(stack: Stack) -> N
     first.kill()  # with messages executing, prefetched and not yet delivered
     first.stop()
     stack.start_worker(S3BATCH_MAX_BATCH_AGE=1)
-    payloads = collect(results, timeout_s=120)  # redelivery after the 10 s visibility timeout
+    keys = {r.id: key_of(6, i) for i, r in enumerate(results)}
+    # Unacknowledged messages come back after the 10 s visibility timeout (swept every 5 s).
+    payloads, resent = collect_resending(results, {i: (keys[i], bodies[i]) for i in bodies})
     check_all_landed_once(stack, bodies, payloads)
+    print(f"\nprefetched messages: {len(bodies)} objects checked, 0 lost, {resent} resent with their task id")
 
 
 def test_redis_restart_between_staging_and_flush_loses_nothing(stack: Stack, redis_server: Any) -> None:

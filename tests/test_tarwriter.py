@@ -14,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from batcher.index import INDEX_NAME, TRAILER_NAME
 from batcher.models import StagedObject
 from batcher.tarwriter import BuiltTar, build_tar
 
 STAGED_MS = 1_700_000_000_987  # a fixed past instant: GNU tar warns about time stamps in the future
+CREATED_MS = STAGED_MS + 60_000
+BATCH_ID = "01JTESTBATCH00000000000000"
+OWN_MEMBERS = [INDEX_NAME, TRAILER_NAME]  # the batch's own members, after the objects
 GNU_TAR = "tar"
 BSDTAR = "/usr/bin/bsdtar"
 # libarchive converts UTF-8 member names to the locale's charset and fails in the C locale.
@@ -68,7 +72,7 @@ def make_batch() -> list[StagedObject]:
 
 def build(objects: Sequence[StagedObject], **kwargs: int) -> tuple[BuiltTar, bytes]:
     """Build the tar and read it whole; the BuiltTar is closed."""
-    built = build_tar([obj.object_key for obj in objects], objects, **kwargs)
+    built = build_tar([obj.object_key for obj in objects], objects, batch_id=BATCH_ID, created_ms=CREATED_MS, **kwargs)
     try:
         assert built.file.tell() == 0
         data = built.file.read()
@@ -94,8 +98,13 @@ def tar_path(built: tuple[BuiltTar, bytes], tmp_path: Path) -> Path:
     return path
 
 
-def expected_files(built: BuiltTar, objects: Sequence[StagedObject]) -> dict[str, bytes]:
-    return {member.name: obj.body for member, obj in zip(built.members, objects, strict=True)}
+def expected_files(built: BuiltTar, objects: Sequence[StagedObject], data: bytes) -> dict[str, bytes]:
+    """What extracting the tar must give: every object at its member name, and the index and trailer."""
+    files = {member.name: obj.body for member, obj in zip(built.members, objects, strict=True)}
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        for name in OWN_MEMBERS:
+            files[name] = archive.extractfile(name).read()  # type: ignore[union-attr]
+    return files
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -135,12 +144,15 @@ def test_offsets_agree_with_tarfile(built: tuple[BuiltTar, bytes]) -> None:
     tar, data = built
     with tarfile.open(fileobj=io.BytesIO(data)) as archive:
         infos = archive.getmembers()
-    assert [(i.name, i.offset_data, i.size) for i in infos] == [(m.name, m.offset, m.size) for m in tar.members]
+    assert [(i.name, i.offset_data, i.size) for i in infos[:-2]] == [(m.name, m.offset, m.size) for m in tar.members]
+    assert [i.name for i in infos[-2:]] == OWN_MEMBERS
+    assert (infos[-2].offset_data, infos[-2].size) == (tar.index.offset, tar.index.size)
 
 
-def test_plain_key_costs_one_header_block() -> None:
+def test_an_object_costs_three_header_blocks() -> None:
+    """A pax header (its facts, with the SHA-256) and the ustar header: 1 KiB of data takes 2.5 KiB."""
     tar, _ = build([staged("users/42/avatar.png", b"x" * 1024, 0)])
-    assert tar.members[0].offset == tarfile.BLOCKSIZE
+    assert tar.members[0].offset == 3 * tarfile.BLOCKSIZE
 
 
 # ---- (2) size and digest ----
@@ -151,20 +163,22 @@ def test_size_is_whole_records_and_sha256_matches(built: tuple[BuiltTar, bytes])
     assert tar.size == len(data)
     assert len(data) % tarfile.RECORDSIZE == 0
     assert tar.sha256 == hashlib.sha256(data).hexdigest()
-    last = tar.members[-1]
-    assert data[last.offset + last.size :] == bytes(len(data) - last.offset - last.size)
+    trailer_end = tar.index.offset + tar.index.size + 3 * tarfile.BLOCKSIZE  # < 512 bytes of index padding
+    assert not any(data[trailer_end:]) and len(data) - trailer_end >= 2 * tarfile.BLOCKSIZE
 
 
-def test_empty_batch_is_one_record_of_zeros() -> None:
+def test_empty_batch_is_an_index_and_a_trailer() -> None:
     tar, data = build([])
     assert tar.members == []
-    assert data == bytes(tarfile.RECORDSIZE)
+    assert len(data) == tarfile.RECORDSIZE
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        assert archive.getnames() == OWN_MEMBERS
 
 
 def test_key_count_must_match_object_count() -> None:
     obj = staged("k", b"v", 0)
     with pytest.raises(ValueError, match="objects"):
-        build_tar(["k", "k2"], [obj])
+        build_tar(["k", "k2"], [obj], batch_id=BATCH_ID, created_ms=CREATED_MS)
 
 
 # ---- (3) determinism ----
@@ -175,6 +189,16 @@ def test_building_twice_gives_identical_bytes(objects: list[StagedObject], built
     assert data == built[1]
     assert again.sha256 == built[0].sha256
     assert again.members == built[0].members
+
+
+def test_batch_id_and_creation_time_change_the_bytes(
+    objects: list[StagedObject], built: tuple[BuiltTar, bytes]
+) -> None:
+    keys = [obj.object_key for obj in objects]
+    for kwargs in ({"batch_id": "01JOTHER", "created_ms": CREATED_MS}, {"batch_id": BATCH_ID, "created_ms": 1}):
+        with build_tar(keys, objects, **kwargs) as other:  # type: ignore[arg-type]
+            assert other.sha256 != built[0].sha256
+            assert other.members == built[0].members
 
 
 def test_staging_time_changes_the_bytes(objects: list[StagedObject], built: tuple[BuiltTar, bytes]) -> None:
@@ -191,21 +215,21 @@ def test_tarfile_data_filter_extracts_everything(
     out = tmp_path / "out"
     with tarfile.open(tar_path) as archive:
         archive.extractall(out, filter="data")
-    assert files_under(out) == expected_files(built[0], objects)
+    assert files_under(out) == expected_files(built[0], objects, built[1])
 
 
 def test_exact_key_is_recoverable_from_pax_comment(objects: list[StagedObject], tar_path: Path) -> None:
     with tarfile.open(tar_path) as archive:
         infos = archive.getmembers()
     renamed: list[str] = []
-    for info, obj in zip(infos, objects, strict=True):
-        comment = info.pax_headers.get("comment")
+    for info, obj in zip(infos[:-2], objects, strict=True):
+        facts = json.loads(info.pax_headers["comment"])
+        assert facts["sha256"] == obj.sha256
         if info.name != obj.object_key:
             renamed.append(obj.object_key)
-            assert comment is not None, info.name
-            assert json.loads(comment)["key"] == obj.object_key
-        elif comment is not None:
-            assert "key" not in json.loads(comment)
+            assert facts["key"] == obj.object_key
+        else:
+            assert "key" not in facts
     # The unsafe keys, the 1024-byte one (segment too long), the second "dup" and "a" (a directory too).
     assert renamed == [*TRICKY_KEYS[:6], "k" * 1024, "dup", "a"]
 
@@ -214,7 +238,12 @@ def test_pax_comment_carries_content_type_and_metadata(tar_path: Path) -> None:
     with tarfile.open(tar_path) as archive:
         info = archive.getmember("with/attrs")
     facts = json.loads(info.pax_headers["comment"])
-    assert facts == {"s3batch": 1, "content_type": "application/json", "metadata": {"owner": "alice"}}
+    assert facts == {
+        "s3batch": 1,
+        "content_type": "application/json",
+        "metadata": {"owner": "alice"},
+        "sha256": hashlib.sha256(b"{}").hexdigest(),
+    }
 
 
 # ---- (5) GNU tar and bsdtar ----
@@ -229,11 +258,11 @@ def test_gnu_tar_lists_and_extracts(
 ) -> None:
     run_tool(GNU_TAR, "-tvf", tar_path)
     names = run_tool(GNU_TAR, "--quoting-style=literal", "-tf", tar_path).stdout.decode().splitlines()
-    assert names == [member.name for member in built[0].members]
+    assert names == [member.name for member in built[0].members] + OWN_MEMBERS
     out = tmp_path / "gnu"
     out.mkdir()
     run_tool(GNU_TAR, "-xf", tar_path, "-C", out)
-    assert files_under(out) == expected_files(built[0], objects)
+    assert files_under(out) == expected_files(built[0], objects, built[1])
 
 
 def test_bsdtar_lists_and_extracts(
@@ -241,11 +270,11 @@ def test_bsdtar_lists_and_extracts(
 ) -> None:
     run_tool(BSDTAR, "-tvf", tar_path)
     names = run_tool(BSDTAR, "-tf", tar_path).stdout.decode().splitlines()
-    assert names == [member.name for member in built[0].members]
+    assert names == [member.name for member in built[0].members] + OWN_MEMBERS
     out = tmp_path / "bsd"
     out.mkdir()
     run_tool(BSDTAR, "-xf", tar_path, "-C", out)
-    assert files_under(out) == expected_files(built[0], objects)
+    assert files_under(out) == expected_files(built[0], objects, built[1])
 
 
 # ---- (6) header fields ----
@@ -254,12 +283,15 @@ def test_bsdtar_lists_and_extracts(
 def test_headers_are_fixed_and_mtime_is_staging_time(objects: list[StagedObject], tar_path: Path) -> None:
     with tarfile.open(tar_path) as archive:
         infos = archive.getmembers()
-    for info, obj in zip(infos, objects, strict=True):
+    for info, obj in zip(infos[:-2], objects, strict=True):
         assert info.isreg()
         assert info.mtime == obj.staged_ms // 1000
         assert info.mode == 0o644
         assert (info.uid, info.gid, info.uname, info.gname) == (0, 0, "", "")
-    assert len({info.mtime for info in infos}) == 2  # staging times straddle a second: each member has its own
+    assert len({info.mtime for info in infos[:-2]}) == 2  # staging times straddle a second: each has its own
+    for info in infos[-2:]:  # the index and trailer: the batch's creation time
+        assert (info.isreg(), info.mtime, info.mode, info.uid, info.gid) == (True, CREATED_MS // 1000, 0o644, 0, 0)
+        assert info.pax_headers == {}
 
 
 # ---- (7) spooling ----
@@ -268,22 +300,25 @@ def test_headers_are_fixed_and_mtime_is_staging_time(objects: list[StagedObject]
 def test_small_spool_rolls_to_disk_with_the_same_result(
     objects: list[StagedObject], built: tuple[BuiltTar, bytes]
 ) -> None:
-    spooled = build_tar([obj.object_key for obj in objects], objects, spool_memory_bytes=4096)
+    spooled = build_tar(
+        [obj.object_key for obj in objects], objects, batch_id=BATCH_ID, created_ms=CREATED_MS, spool_memory_bytes=4096
+    )
     try:
         assert spooled.file._rolled  # type: ignore[attr-defined]
         data = spooled.file.read()
     finally:
         spooled.close()
     assert data == built[1]
-    assert (spooled.size, spooled.sha256, spooled.members) == (
+    assert (spooled.size, spooled.sha256, spooled.members, spooled.index) == (
         built[0].size,
         built[0].sha256,
         built[0].members,
+        built[0].index,
     )
 
 
 def test_default_spool_keeps_a_small_batch_in_memory(objects: list[StagedObject]) -> None:
-    tar = build_tar([obj.object_key for obj in objects], objects)
+    tar = build_tar([obj.object_key for obj in objects], objects, batch_id=BATCH_ID, created_ms=CREATED_MS)
     try:
         assert not tar.file._rolled  # type: ignore[attr-defined]
     finally:
@@ -300,7 +335,7 @@ def test_keys_at_the_segment_limit_extract_everywhere(tmp_path: Path) -> None:
     tar, data = build(objects)
     path = tmp_path / "limits.tar"
     path.write_bytes(data)
-    expected = expected_files(tar, objects)
+    expected = expected_files(tar, objects, data)
     with tarfile.open(path) as archive:
         archive.extractall(tmp_path / "py", filter="data")
     assert files_under(tmp_path / "py") == expected

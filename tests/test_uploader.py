@@ -20,7 +20,7 @@ def upload(uploader: Uploader, bucket: str, key: str, *bodies: bytes) -> str:
 
 def tar_of(*bodies: bytes) -> BuiltTar:
     objs = [staged(f"k{i}", body, staged_ms=1_700_000_000_000) for i, body in enumerate(bodies)]
-    return build_tar([o.object_key for o in objs], objs)
+    return build_tar([o.object_key for o in objs], objs, batch_id="01JUPLOADTEST", created_ms=1_700_000_000_000)
 
 
 def test_put_then_identical_put_is_success_without_overwrite(stack: Stack) -> None:

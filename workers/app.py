@@ -39,7 +39,12 @@ app.conf.update(
     # A dead worker's unacknowledged messages come back after this long: about three batch ages, so
     # that its objects still land soon. Redelivering a live worker's message is harmless: staging is
     # idempotent per task id, and a second flush finds nothing left to do.
-    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_S},
+    # The sweep that gives them back runs every 5 s (kombu's default is about every 100 s).
+    broker_transport_options={
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        "unacked_restore_interval": 5,
+        "unacked_restore_throttle": 1,
+    },
     broker_connection_retry_on_startup=True,
     beat_schedule={
         "s3batch-flush": {
