@@ -6,7 +6,8 @@ uploaded once, and each caller learns where its object landed (a BatchRef).
 
 from batcher.config import Settings
 from batcher.errors import S3BatchError
+from batcher.index import BatchIndex, ObjectInfo
 from batcher.models import BatchRef
-from batcher.reader import BatchReader
+from batcher.reader import BatchCheck, BatchReader
 
-__all__ = ["BatchReader", "BatchRef", "S3BatchError", "Settings"]
+__all__ = ["BatchCheck", "BatchIndex", "BatchReader", "BatchRef", "ObjectInfo", "S3BatchError", "Settings"]

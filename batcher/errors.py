@@ -77,3 +77,7 @@ class BatchNotFoundError(ReadError):
 
 class ChecksumMismatchError(ReadError):
     """Raised when the bytes read back do not have the SHA-256 recorded at staging."""
+
+
+class CorruptedBatchError(ReadError):
+    """Raised when a batch's tar, index or trailer is damaged, truncated or not written by s3batch."""

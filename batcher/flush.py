@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ from typing import Protocol
 from batcher.config import Settings
 from batcher.errors import DeadLetterError, PermanentUploadError, UploadError
 from batcher.ids import new_batch_id
-from batcher.models import BatchRef, ClaimedBatch
+from batcher.models import BatchRef, ClaimedBatch, StagedObject
 from batcher.staging import QueueEntry, Staging
 from batcher.tarwriter import build_tar
 from batcher.uploader import Uploader
@@ -35,10 +35,11 @@ MAX_BACKOFF_S = 60.0
 class ResultSink(Protocol):
     """Where the flush reports each object's outcome; both calls must be idempotent."""
 
-    def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
-        """Store SUCCESS with the ref for each (record id, ref)."""
+    def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
+        """Store SUCCESS with the ref for each (record id, ref); ``contexts`` holds the records' opaque
+        StagedObject.context where they have one."""
 
-    def fail(self, record_ids: Sequence[str], error: Exception) -> None:
+    def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
         """Store FAILURE with ``error`` for each record id."""
 
 
@@ -131,14 +132,14 @@ class Flusher:
         if batch.state != "done":
             try:
                 with self._lease(batch):  # the renewals stop before a failure sets the backoff
-                    tar_bytes, etag, refs = self._upload(batch, entries, may_exist=recovered)
+                    tar_bytes, etag, refs, contexts = self._upload(batch, entries, may_exist=recovered)
             except UploadError as exc:
                 return self._failed(batch, entries, exc, started, recovered)
         with self._lease(batch):
             if batch.state != "done":
                 self.checkpoint("uploaded")
                 for start in range(0, len(refs), PUBLISH_CHUNK):
-                    self.results.publish(refs[start : start + PUBLISH_CHUNK])
+                    self.results.publish(refs[start : start + PUBLISH_CHUNK], contexts)
                     self.checkpoint("published-chunk")
                 if not self.staging.mark_uploaded(batch, etag):
                     log.warning("s3batch batch %s was taken over meanwhile; its new holder cleans up", batch.batch_id)
@@ -157,9 +158,18 @@ class Flusher:
 
     def _upload(
         self, batch: ClaimedBatch, entries: Sequence[QueueEntry], *, may_exist: bool
-    ) -> tuple[int, str, list[tuple[str, BatchRef]]]:
+    ) -> tuple[int, str, list[tuple[str, BatchRef]], dict[str, str]]:
         keys = self.staging.read_keys(entries)
-        with build_tar(keys, self.staging.read_objects(entries)) as tar:
+        contexts: dict[str, str] = {}
+
+        def noting_contexts(objects: Iterable[StagedObject]) -> Iterator[StagedObject]:
+            for obj in objects:
+                if obj.context:
+                    contexts[obj.record_id] = obj.context
+                yield obj
+
+        objects = noting_contexts(self.staging.read_objects(entries))
+        with build_tar(keys, objects, batch_id=batch.batch_id, created_ms=batch.created_ms) as tar:
             self.checkpoint("tar-built")
             etag = self.uploader.upload(self.bucket, batch.s3_key, tar, may_exist=may_exist)
         refs = [
@@ -167,7 +177,7 @@ class Flusher:
                                    etag, m.sha256))
             for m in tar.members
         ]  # fmt: skip
-        return tar.size, etag, refs
+        return tar.size, etag, refs, contexts
 
     def _failed(
         self,
@@ -197,7 +207,8 @@ class Flusher:
             "uploads it again"
         )
         if self.staging.dead_letter(batch, str(exc), now_ms):
-            self.results.fail([entry.record_id for entry in entries], error)
+            contexts = {obj.record_id: obj.context for obj in self.staging.read_objects(entries) if obj.context}
+            self.results.fail([entry.record_id for entry in entries], error, contexts)
             log.error("s3batch %s", error)
         return self._report(batch, 0, started, recovered, str(exc))
 

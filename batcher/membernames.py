@@ -4,7 +4,9 @@ A member name never escapes the extraction directory and always extracts on an
 ordinary file system; where it differs from the key, the exact key travels in
 the member's pax header. The escaping is injective, so distinct keys give
 distinct names; the batch pass then settles names that one member would need
-as a file and another as a directory.
+as a file and another as a directory. The top-level directory ``.s3batch`` is
+reserved for the batch's own members (its index and trailer): no object member
+is ever named inside it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ MAX_SEGMENT_BYTES = 255
 _EMPTY_SEGMENT = "%"  # a literal '%' is always escaped as %25, so a lone '%' can only mean "empty"
 _SPECIAL_SEGMENTS = {".": "%2E", "..": "%2E%2E"}
 _TRUNCATED_BYTES = 200
+RESERVED_DIR = ".s3batch"
 
 
 def safe_segment(segment: str) -> str:
@@ -47,8 +50,12 @@ def _with_suffix(name: str, suffix: str) -> str:
 
 
 def safe_name(key: str) -> str:
-    """The member name for one key, as readable as the key allows."""
-    return "/".join(safe_segment(segment) for segment in key.split("/"))
+    """The member name for one key, as readable as the key allows, never inside RESERVED_DIR."""
+    segments = [safe_segment(segment) for segment in key.split("/")]
+    # Any case, for case-insensitive file systems. "%2E" starts no other escaped segment, so this stays injective.
+    if segments[0].casefold() == RESERVED_DIR:
+        segments[0] = "%2E" + segments[0][1:]
+    return "/".join(segments)
 
 
 def member_names(keys: Iterable[str]) -> list[str]:

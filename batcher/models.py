@@ -23,6 +23,8 @@ class StagedObject:
     sha256: str
     content_type: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    context: str | None = None
+    """Opaque to the library: what the result writer needs to answer this record (Celery callbacks)."""
 
     @property
     def size(self) -> int:

@@ -20,6 +20,8 @@ def prepare_object(
     body: Any,
     content_type: Any = None,
     metadata: Any = None,
+    *,
+    context: str | None = None,
 ) -> StagedObject:
     """A validated object ready to stage; raises an InputError subclass naming the problem."""
     object_key = check_key(key)
@@ -32,6 +34,7 @@ def prepare_object(
         sha256=hashlib.sha256(data).hexdigest(),
         content_type=check_content_type(object_key, content_type),
         metadata=check_metadata(object_key, metadata),
+        context=context,
     )
 
 

@@ -99,6 +99,7 @@ class Staging:
                 obj.content_type or "",
                 json.dumps(dict(obj.metadata), sort_keys=True) if obj.metadata else "",
                 obj.sha256,
+                obj.context or "",
             ]
         reply = cast(list[int], self._call(self._stage, keys, args, "stage objects"))
         return StageOutcome(statuses=[int(s) for s in reply[1:]], flush_wanted=bool(reply[0]))
@@ -176,9 +177,11 @@ class Staging:
     def _read_chunk(self, chunk: Sequence[QueueEntry]) -> Iterator[StagedObject]:
         pipe = self.client.pipeline(transaction=False)
         for entry in chunk:
-            pipe.hmget(self.keys.record(entry.record_id), "key", "body", "content_type", "metadata", "sha256")
+            pipe.hmget(
+                self.keys.record(entry.record_id), "key", "body", "content_type", "metadata", "sha256", "context"
+            )
         rows = cast(list[list[bytes | None]], self._redis("read staged objects", pipe.execute))
-        for entry, (key, body, content_type, metadata, sha256) in zip(chunk, rows, strict=True):
+        for entry, (key, body, content_type, metadata, sha256, context) in zip(chunk, rows, strict=True):
             if key is None or body is None or sha256 is None:
                 raise _missing(entry)
             yield StagedObject(
@@ -189,6 +192,7 @@ class Staging:
                 sha256=sha256.decode(),
                 content_type=content_type.decode() if content_type else None,
                 metadata=json.loads(metadata) if metadata else {},
+                context=context.decode() if context else None,
             )
 
     def renew(self, batch: ClaimedBatch, lease_until_ms: int) -> bool:

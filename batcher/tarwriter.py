@@ -3,26 +3,35 @@
 The same staged objects always give the same bytes: member order is staging
 order, mtimes come from staging time, owner and mode are fixed. Headers are
 encoded by Python's ``tarfile``; bodies are written straight to the spool so
-that each member's data offset is known exactly.
+that each member's data offset is known exactly. After the objects come the
+batch's index and trailer (see batcher.index), then the end-of-archive blocks.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import tarfile
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from batcher.index import (
+    INDEX_NAME,
+    TRAILER_NAME,
+    IndexEntry,
+    IndexLocation,
+    encode_index,
+    encode_trailer,
+    member_comment,
+    s3_metadata,
+)
 from batcher.membernames import member_names
 from batcher.models import StagedObject
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 SPOOL_MEMORY_BYTES = 8 * 1024 * 1024
-FORMAT_VERSION = 1
 _MODE = 0o644
 
 
@@ -40,12 +49,14 @@ class Member:
 
 @dataclass
 class BuiltTar:
-    """A finished tar: a readable spooled file positioned at 0, its size, SHA-256 and members."""
+    """A finished tar: a readable spooled file at 0, its size, SHA-256, members, index and S3 metadata."""
 
     file: IO[bytes]
     size: int
     sha256: str
     members: list[Member]
+    index: IndexLocation
+    s3_metadata: dict[str, str]
 
     def close(self) -> None:
         self.file.close()
@@ -57,43 +68,43 @@ class BuiltTar:
         self.close()
 
 
-def pax_comment(obj: StagedObject, name: str) -> str | None:
-    """The member's s3batch facts as JSON for the standard pax ``comment`` record (readers ignore it)."""
-    facts: dict[str, object] = {}
-    if name != obj.object_key:
-        facts["key"] = obj.object_key
-    if obj.content_type:
-        facts["content_type"] = obj.content_type
-    if obj.metadata:
-        facts["metadata"] = dict(obj.metadata)
-    if not facts:
-        return None
-    return json.dumps({"s3batch": FORMAT_VERSION, **facts}, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-
-
 def member_header(obj: StagedObject, name: str) -> bytes:
-    """The tar header blocks (pax extended header included when needed) for one object."""
-    info = tarfile.TarInfo(name)
-    info.size = obj.size
-    info.mtime = obj.staged_ms // 1000
-    info.mode = _MODE
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    comment = pax_comment(obj, name)
-    if comment is not None:
-        info.pax_headers = {"comment": comment}
+    """The tar header blocks of one object: a pax header with its facts, then the ustar header."""
+    info = _info(name, obj.size, obj.staged_ms)
+    entry = IndexEntry(obj.object_key, name, 0, obj.size, obj.sha256, obj.content_type, obj.metadata)
+    info.pax_headers = {"comment": member_comment(entry)}
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
 
+def _info(name: str, size: int, mtime_ms: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = mtime_ms // 1000
+    info.mode = _MODE
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
 def build_tar(
-    keys: Sequence[str], objects: Iterable[StagedObject], spool_memory_bytes: int = SPOOL_MEMORY_BYTES
+    keys: Sequence[str],
+    objects: Iterable[StagedObject],
+    *,
+    batch_id: str,
+    created_ms: int,
+    spool_memory_bytes: int = SPOOL_MEMORY_BYTES,
 ) -> BuiltTar:
-    """Write the tar of ``objects`` (whose keys, in order, are ``keys``) into a spooled file."""
+    """Write the tar of ``objects`` (whose keys, in order, are ``keys``), its index and trailer to a spooled file.
+
+    ``batch_id`` and ``created_ms`` go into the index; the same arguments always give the same bytes.
+    Raises ValueError when ``objects`` and ``keys`` differ in number.
+    """
     names = member_names(keys)
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=spool_memory_bytes)  # noqa: SIM115
     digest = hashlib.sha256()
     offset = 0
     members: list[Member] = []
+    entries: list[IndexEntry] = []
 
     def write(data: bytes) -> None:
         nonlocal offset
@@ -101,17 +112,30 @@ def build_tar(
         digest.update(data)
         offset += len(data)
 
+    def write_member(header: bytes, body: bytes) -> int:
+        """Write one member, padded to whole blocks; returns its data offset."""
+        write(header)
+        data_offset = offset
+        write(body)
+        if len(body) % BLOCK:
+            write(bytes(BLOCK - len(body) % BLOCK))
+        return data_offset
+
     try:
-        for index, obj in enumerate(objects):
-            name = names[index]
-            write(member_header(obj, name))
-            members.append(Member(obj.record_id, obj.object_key, name, offset, obj.size, obj.sha256))
-            write(obj.body)
-            remainder = obj.size % BLOCK
-            if remainder:
-                write(bytes(BLOCK - remainder))
+        for n, obj in enumerate(objects):
+            name = names[n]
+            data_offset = write_member(member_header(obj, name), obj.body)
+            members.append(Member(obj.record_id, obj.object_key, name, data_offset, obj.size, obj.sha256))
+            entries.append(
+                IndexEntry(obj.object_key, name, data_offset, obj.size, obj.sha256, obj.content_type, obj.metadata)
+            )
         if len(members) != len(names):
             raise ValueError(f"build_tar got {len(members)} objects for {len(names)} keys")
+        index = encode_index(batch_id, created_ms, entries)
+        index_offset = write_member(_info(INDEX_NAME, len(index), created_ms).tobuf(tarfile.PAX_FORMAT), index)
+        location = IndexLocation(index_offset, len(index), hashlib.sha256(index).hexdigest())
+        trailer = encode_trailer(location)  # the last non-zero block: readers find it from the end
+        write_member(_info(TRAILER_NAME, len(trailer), created_ms).tobuf(tarfile.PAX_FORMAT), trailer)
         write(bytes(2 * BLOCK))  # end-of-archive marker
         remainder = offset % RECORD
         if remainder:
@@ -120,4 +144,6 @@ def build_tar(
         spool.close()
         raise
     spool.seek(0)
-    return BuiltTar(spool, offset, digest.hexdigest(), members)
+    return BuiltTar(
+        spool, offset, digest.hexdigest(), members, location, s3_metadata(batch_id, created_ms, len(members), location)
+    )

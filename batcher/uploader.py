@@ -103,14 +103,17 @@ class Uploader:
             ContentLength=tar.size,
             ContentType="application/x-tar",
             ChecksumSHA256=base64.b64encode(bytes.fromhex(tar.sha256)).decode(),
-            Metadata={SHA256_METADATA: tar.sha256},
+            Metadata={**tar.s3_metadata, SHA256_METADATA: tar.sha256},
             IfNoneMatch="*",
         )
         return self._confirmed_etag(response, bucket, key, tar)
 
     def _multipart(self, bucket: str, key: str, tar: BuiltTar) -> str:
         upload = self.client.create_multipart_upload(
-            Bucket=bucket, Key=key, ContentType="application/x-tar", Metadata={SHA256_METADATA: tar.sha256}
+            Bucket=bucket,
+            Key=key,
+            ContentType="application/x-tar",
+            Metadata={**tar.s3_metadata, SHA256_METADATA: tar.sha256},
         )
         upload_id = upload["UploadId"]
         try:

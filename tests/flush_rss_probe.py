@@ -21,7 +21,7 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -44,13 +44,13 @@ class CountingSink:
         self.ref_every = ref_every
         self.sample: list[dict[str, Any]] = []
 
-    def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
+    def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
         for record_id, ref in refs:
             if self.ref_every and self.published % self.ref_every == 0:
                 self.sample.append({"record_id": record_id, **ref.to_dict()})
             self.published += 1
 
-    def fail(self, record_ids: Sequence[str], error: Exception) -> None:
+    def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
         self.failed += len(record_ids)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from celery.result import AsyncResult, ResultSet
 
 from batcher import BatchReader, BatchRef
+from batcher.index import INDEX_NAME, TRAILER_NAME, is_reserved
 from tests.support import Stack
 
 TRICKY_KEYS = [
@@ -83,17 +84,24 @@ def test_round_trip_exact_bytes_and_standard_tars(stack: Stack, tmp_path: Path) 
     batch_keys = stack.batch_keys()
     assert batch_keys == sorted({p["key"] for p in payloads})
     members = 0
+    reader = BatchReader(stack.s3)
     for n, batch_key in enumerate(batch_keys):
         path = tmp_path / f"batch{n}.tar"
         path.write_bytes(stack.tar_bytes(batch_key))
         members += check_with_every_tar_tool(path, tmp_path / f"x{n}", batch_key, by_location)
+        produced = sorted((BatchRef.from_dict(p) for p in payloads if p["key"] == batch_key), key=lambda r: r.offset)
+        assert reader.index(stack.settings.bucket or "", batch_key).refs == produced
+        assert reader.verify(stack.settings.bucket or "", batch_key).ok
     assert members == len(objects)
 
 
 def check_with_every_tar_tool(
     path: Path, workdir: Path, batch_key: str, by_location: dict[tuple[str, int], tuple[str, bytes]]
 ) -> int:
-    """GNU tar, bsdtar and tarfile (data filter) list and extract the batch silently, with exact bytes."""
+    """GNU tar, bsdtar and tarfile (data filter) list and extract the batch silently, with exact bytes.
+
+    The batch's own index and trailer members extract too, to the same bytes everywhere.
+    """
     env = dict(os.environ, LC_ALL="C.UTF-8")  # bsdtar converts non-ASCII names to the locale's charset
     for tool in ("tar", "bsdtar"):
         listed = subprocess.run([tool, "-tvf", str(path)], capture_output=True, check=False, env=env)
@@ -109,6 +117,11 @@ def check_with_every_tar_tool(
         archive.extractall(target, filter="data")
         count = 0
         for member in archive.getmembers():
+            if is_reserved(member.name):
+                assert member.name in (INDEX_NAME, TRAILER_NAME)
+                own = (target / member.name).read_bytes()
+                assert all((workdir / root / member.name).read_bytes() == own for root in ("tar", "bsdtar"))
+                continue
             key, body = by_location[(batch_key, member.offset_data)]
             facts = json.loads(member.pax_headers.get("comment", "{}"))
             assert facts.get("key", member.name) == key

@@ -6,7 +6,7 @@ import hashlib
 import io
 import itertools
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 import pytest
@@ -26,12 +26,12 @@ class Recorder:
         self.refs: dict[str, BatchRef] = {}
         self.failures: dict[str, Exception] = {}
 
-    def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
+    def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
         for record_id, ref in refs:
             assert record_id not in self.refs, f"{record_id} published twice"
             self.refs[record_id] = ref
 
-    def fail(self, record_ids: Sequence[str], error: Exception) -> None:
+    def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
         for record_id in record_ids:
             self.failures[record_id] = error
 
@@ -93,7 +93,8 @@ def test_batches_respect_byte_and_count_limits_and_order(stack: Stack) -> None:
 
 def test_rebuilt_batch_gives_the_same_tar(stack: Stack) -> None:
     """A crashed flush's batch, finished by another flush, has the same key, bytes and offsets."""
-    stage(stack, [staged(f"k{i}", bytes([i]) * 700) for i in range(20)])
+    objs = [staged(f"k{i}", bytes([i]) * 700, staged_ms=1_700_000_000_000 + i) for i in range(20)]
+    stage(stack, objs)
     flusher, first = make_flusher(stack)
     batch = flusher.claim(force=True)
     assert batch is not None
@@ -101,7 +102,7 @@ def test_rebuilt_batch_gives_the_same_tar(stack: Stack) -> None:
     original = stack.tar_bytes(batch.s3_key)
     # Simulate the dead flush's twin: the same records staged again under a fresh database.
     stack.staging.client.flushdb()
-    stage(stack, [staged(f"k{i}", bytes([i]) * 700) for i in range(20)])
+    stage(stack, objs)  # the same staging times: a record keeps the one it was staged with
     again = stack.staging.claim(
         now_ms=batch.created_ms, batch_id=batch.batch_id, s3_key=batch.s3_key, max_age_ms=0,
         max_objects=100, max_bytes=10**9, lease_ms=30_000, force=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -55,10 +55,10 @@ class Sink:
     def __init__(self) -> None:
         self.refs: dict[str, BatchRef] = {}
 
-    def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
+    def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
         self.refs.update(refs)
 
-    def fail(self, record_ids: Sequence[str], error: Exception) -> None:
+    def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
         raise AssertionError(f"flush failed: {error}")
 
 
@@ -177,7 +177,7 @@ def test_index_of_ten_thousand_objects_is_two_gets_and_the_producers_refs(stack:
         (o.content_type, dict(o.metadata)) for o in objs
     ]
     assert (index.batch_id, len(index.objects), index.format) == (produced[0].batch_id, 10_000, 1)
-    assert index.writer.startswith("s3batch/") and index.created.endswith("Z")
+    assert index.writer == "s3batch format 1" and index.created.endswith("Z")
     head = stack.s3.head_object(Bucket=bucket, Key=key)  # the other way to find the index
     location = location_from_metadata(head["Metadata"])
     assert location is not None and location.size > TAIL_BYTES  # the index did not fit in the first GET

@@ -43,15 +43,6 @@ def check_all_landed_once(stack: Stack, bodies: dict[str, bytes], payloads: dict
         tar_cache[key] = stack.tar_bytes(key)
         for member in stack.members(key):
             members[(key, member.offset_data)] = members.get((key, member.offset_data), 0) + 1
-    if sum(members.values()) != len(bodies):
-        from collections import Counter
-
-        names = Counter((m.name) for key in stack.batch_keys() for m in stack.members(key))
-        dup = [n for n, c in names.items() if c > 1][:5]
-        for key in stack.batch_keys():
-            for m in stack.members(key):
-                if m.name in dup:
-                    print("DUP", key, m.name, m.offset_data, m.size, m.mtime)
     assert sum(members.values()) == len(bodies), "every object is in exactly one tar"
 
     for task_id, body in bodies.items():

@@ -2,23 +2,57 @@
 
 Broker and result backend default to S3BATCH_REDIS_URL; CELERY_BROKER_URL and
 CELERY_RESULT_BACKEND override them. Only JSON messages are accepted.
+
+``S3BATCH_CELERY_CONFIG=module`` names a Celery configuration module whose
+lowercase settings (``imports``, ``broker_url``, ``worker_prefetch_multiplier``...)
+are applied on top of these defaults, and whose ``s3batch_<field>`` values
+(``s3batch_bucket``, ``s3batch_max_batch_age_s``...) override the environment.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import os
+from typing import Any
 
 from celery import Celery
 from kombu import Queue
 
 from batcher.config import Settings
+from batcher.errors import ConfigError
+
+
+def celery_config_module() -> dict[str, Any]:
+    """The lowercase settings of the module named by S3BATCH_CELERY_CONFIG (empty when unset)."""
+    name = os.environ.get("S3BATCH_CELERY_CONFIG")
+    if not name:
+        return {}
+    try:
+        module = importlib.import_module(name)
+    except ImportError as exc:
+        raise ConfigError(f"S3BATCH_CELERY_CONFIG={name!r} cannot be imported: {exc}") from exc
+    return {key: value for key, value in vars(module).items() if key.islower() and not key.startswith("_")}
+
+
+def settings_with(overrides: dict[str, Any]) -> Settings:
+    """Settings from the environment, with ``s3batch_<field>`` values of a Celery config on top."""
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(k for k in overrides if k.startswith("s3batch_") and k.removeprefix("s3batch_") not in fields)
+    if unknown:
+        raise ConfigError(f"unknown s3batch settings in S3BATCH_CELERY_CONFIG: {', '.join(unknown)}")
+    chosen = {k.removeprefix("s3batch_"): v for k, v in overrides.items() if k.startswith("s3batch_")}
+    return dataclasses.replace(Settings.from_env(), **chosen)
+
+
+_user_config = celery_config_module()
 
 QUEUE = "s3batch"
 # Flushes get a queue of their own, so that a backlog of put_object messages never holds back the
 # beat tick that uploads aged batches (a worker consumes both queues unless told otherwise).
 FLUSH_QUEUE = "s3batch.flush"
 
-settings = Settings.from_env()
+settings = settings_with(_user_config)
 VISIBILITY_TIMEOUT_S = max(10, int(3 * settings.max_batch_age_s))
 
 app = Celery("s3batch", include=["workers.tasks"])
@@ -56,3 +90,4 @@ app.conf.update(
     },
     timezone="UTC",
 )
+app.conf.update({key: value for key, value in _user_config.items() if not key.startswith("s3batch_")})

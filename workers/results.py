@@ -8,7 +8,7 @@ script that never replaces a final state. Other backends get the generic calls.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -16,6 +16,7 @@ from celery import Celery, states
 from celery.backends.redis import RedisBackend
 
 from batcher.models import BatchRef
+from workers import canvas
 
 STAGED = "STAGED"
 _PIPELINE_CHUNK = 500
@@ -68,14 +69,20 @@ class ResultWriter:
         key = self.backend.get_key_for_task(task_id)
         self._mark_staged(keys=[key], args=[self._meta(task_id, STAGED, info), int(self.backend.expires or 0)])
 
-    def publish(self, refs: Sequence[tuple[str, BatchRef]]) -> None:
-        """Store SUCCESS with each ref's dict; repeating it for the same task is harmless."""
+    def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
+        """Store SUCCESS with each ref's dict, then run the canvas of the records that have one."""
         self._store([(task_id, states.SUCCESS, ref.to_dict()) for task_id, ref in refs])
+        for task_id, ref in refs:
+            if task_id in contexts:
+                canvas.on_success(self.app, task_id, ref.to_dict(), contexts[task_id])
 
-    def fail(self, record_ids: Sequence[str], error: Exception) -> None:
-        """Store FAILURE with ``error`` (rebuilt as its class by the caller's ``get()``)."""
+    def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
+        """Store FAILURE with ``error`` (rebuilt as its class by the caller's ``get()``); run errbacks."""
         encoded = self.backend.prepare_exception(error)
-        self._store([(task_id, states.FAILURE, encoded) for task_id in record_ids])
+        self._store([(task_id, states.FAILURE, encoded) for task_id in record_ids if task_id not in contexts])
+        for task_id in record_ids:
+            if task_id in contexts:
+                canvas.on_failure(self.app, task_id, error, contexts[task_id])
 
     def _store(self, items: Sequence[tuple[str, str, Any]]) -> None:
         if not self._redis:

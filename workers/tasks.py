@@ -22,6 +22,7 @@ from batcher.flush import Flusher
 from batcher.producer import prepare_object, stage_object
 from batcher.staging import Staging, connect
 from batcher.uploader import Uploader
+from workers import canvas
 from workers.app import app, settings
 from workers.results import STAGED, ResultWriter
 
@@ -159,7 +160,7 @@ def put_object(
     """
     rt = runtime()
     task_id = str(self.request.id)
-    obj = prepare_object(rt.settings, task_id, key, body, content_type, metadata)
+    obj = prepare_object(rt.settings, task_id, key, body, content_type, metadata, context=canvas.capture(self.request))
     _, flush_wanted = stage_object(rt.settings, rt.staging, obj)
     rt.results.mark_staged(task_id, {"object_key": obj.object_key, "size": obj.size, "sha256": obj.sha256})
     if flush_wanted:
