@@ -22,8 +22,8 @@ test: $(BIN)/s3batch
 	$(BIN)/python -m pytest
 
 lint: $(BIN)/s3batch
-	$(BIN)/ruff check batcher workers tests bench
-	$(BIN)/ruff format --check batcher workers tests bench
+	$(BIN)/ruff check batcher workers tests bench examples
+	$(BIN)/ruff format --check batcher workers tests bench examples
 
 typecheck: $(BIN)/s3batch
 	$(BIN)/mypy

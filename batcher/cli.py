@@ -6,20 +6,17 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from batcher.config import Settings
+from batcher import operations
 from batcher.errors import CorruptedBatchError, InvalidRefError, S3BatchError
 from batcher.index import ObjectInfo
 from batcher.membernames import MAX_SEGMENT_BYTES
 from batcher.models import BatchRef
 from batcher.reader import BatchReader
-from batcher.staging import Staging, connect
 from batcher.tarstream import Progress
 
 MANIFEST = ".s3batch/manifest.jsonl"  # written by `extract`; no object member is ever named under .s3batch/
@@ -56,6 +53,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     retry.add_argument("batch_ids", nargs="*", metavar="BATCH_ID", help="batches to retry")
     retry.add_argument("--all", action="store_true", help="retry every dead-lettered batch")
+
+    stats = commands.add_parser("stats", help="objects waiting, batches in flight, dead letters, lifetime counters")
+    stats.add_argument("--json", action="store_true", help="one JSON object")
+
+    cost = commands.add_parser("cost", help="PutObject calls and dollars, one per object versus batched")
+    cost.add_argument("--objects", type=int, required=True, help="number of objects")
+    cost.add_argument("--size", type=int, required=True, help="bytes per object")
+    cost.add_argument("--json", action="store_true", help="one JSON object per batch size")
+
+    put = commands.add_parser(
+        "put",
+        help="bulk-load files and directories, writing their refs as JSON lines",
+        description="Stages every file under PATH... (object key = path relative to the PATH given), waits for "
+        "their batches, writes one ref per line to --refs-out, and exits 1 listing the files that failed.",
+    )
+    put.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    put.add_argument("--direct", action="store_true", help="stage straight into Redis (no Celery message per file)")
+    put.add_argument("--refs-out", type=Path, help="write the refs as JSON lines to this file")
+    put.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ls = commands.add_parser(
         "ls",
@@ -104,49 +120,6 @@ def batch_url(text: str) -> tuple[str, str]:
     if not text.startswith("s3://") or not bucket or not key:
         raise argparse.ArgumentTypeError(f"expected s3://BUCKET/KEY.tar, got {text!r}")
     return bucket, key
-
-
-def _staging() -> Staging:
-    return Staging(connect(Settings.from_env().redis_url))
-
-
-def dead_letters(as_json: bool) -> int:
-    rows = _staging().dead_letters()
-    if as_json:
-        for row in rows:
-            print(json.dumps(row, sort_keys=True))
-        return 0
-    if not rows:
-        print("no dead-lettered batches")
-        return 0
-    print(f"{'batch_id':26}  {'objects':>8}  {'bytes':>12}  {'attempts':>8}  {'dead since (UTC)':19}  last error")
-    for row in rows:
-        since = datetime.fromtimestamp(int(row.get("dead_ms", "0")) / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
-        print(
-            f"{row.get('batch_id', '?'):26}  {int(row.get('objects', 0)):>8,}  {int(row.get('bytes', 0)):>12,}  "
-            f"{row.get('attempts', '0'):>8}  {since:19}  {row.get('last_error', '')[:200]}"
-        )
-    return 0
-
-
-def retry(batch_ids: Sequence[str], every: bool) -> int:
-    staging = _staging()
-    if every:
-        batch_ids = [row["batch_id"] for row in staging.dead_letters()]
-    elif not batch_ids:
-        print("s3batch: error: name the batches to retry, or pass --all", file=sys.stderr)
-        return 2
-    now_ms = int(time.time() * 1000)
-    missing = [batch_id for batch_id in batch_ids if not staging.revive(batch_id, now_ms)]
-    for batch_id in batch_ids:
-        if batch_id not in missing:
-            print(f"{batch_id}: queued for upload by the next flush")
-    for batch_id in missing:
-        print(
-            f"s3batch: error: {batch_id} is not a dead-lettered batch (see `s3batch dead-letters`)",
-            file=sys.stderr,
-        )
-    return 1 if missing else 0
 
 
 def ls(reader: BatchReader, bucket: str, key: str, as_json: bool) -> int:
@@ -287,9 +260,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seed=args.seed,
             )
         if args.command == "dead-letters":
-            return dead_letters(args.json)
+            return operations.dead_letters(args.json)
         if args.command == "retry":
-            return retry(args.batch_ids, args.all)
+            return operations.retry(args.batch_ids, args.all)
+        if args.command == "stats":
+            return operations.stats(args.json)
+        if args.command == "cost":
+            return operations.cost(args.objects, args.size, args.json)
+        if args.command == "put":
+            from workers.bulkload import put_paths  # imports Celery, so only when asked
+
+            return put_paths(args.paths, direct=args.direct, refs_out=args.refs_out, progress=not args.no_progress)
         if args.command == "get":
             return get(BatchReader(), args.ref, args.output, not args.no_verify)
         if args.command in ("ls", "extract", "verify"):

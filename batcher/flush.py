@@ -141,7 +141,7 @@ class Flusher:
                 for start in range(0, len(refs), PUBLISH_CHUNK):
                     self.results.publish(refs[start : start + PUBLISH_CHUNK], contexts)
                     self.checkpoint("published-chunk")
-                if not self.staging.mark_uploaded(batch, etag):
+                if not self.staging.mark_uploaded(batch, etag, tar_bytes, self.uploader.requests_for(tar_bytes)):
                     log.warning("s3batch batch %s was taken over meanwhile; its new holder cleans up", batch.batch_id)
                     return self._report(batch, tar_bytes, started, recovered)
                 self.checkpoint("marked-done")

@@ -224,10 +224,11 @@ class Staging:
             state=fields["state"],
         )
 
-    def mark_uploaded(self, batch: ClaimedBatch, etag: str) -> bool:
+    def mark_uploaded(self, batch: ClaimedBatch, etag: str, tar_bytes: int = 0, put_requests: int = 1) -> bool:
         """Record that the batch is in S3 and published; False if the lease was lost meanwhile."""
         keys = [self.keys.batch(batch.batch_id)]
-        return bool(self._call(self._mark_uploaded, keys, [batch.token, etag], "mark a batch uploaded"))
+        args = [batch.token, etag, tar_bytes, put_requests]
+        return bool(self._call(self._mark_uploaded, keys, args, "mark a batch uploaded"))
 
     def delete_records(self, entries: Sequence[QueueEntry]) -> None:
         """Delete the staged bodies of an uploaded batch, in pipelined chunks."""

@@ -61,6 +61,12 @@ class Uploader:
         self.part_bytes = part_bytes
         self.checkpoint = checkpoint
 
+    def requests_for(self, tar_bytes: int) -> int:
+        """PUT-class requests one upload of this size costs: 1, or parts plus create and complete."""
+        if tar_bytes < self.multipart_threshold_bytes:
+            return 1
+        return -(-tar_bytes // self.part_bytes) + 2
+
     def upload(self, bucket: str, key: str, tar: BuiltTar, *, may_exist: bool = False) -> str:
         """Create ``key`` from the tar unless an identical object is there; returns the ETag.
 

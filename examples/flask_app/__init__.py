@@ -1,0 +1,1 @@
+"""A minimal Flask app in front of s3batch: upload, task status, download."""

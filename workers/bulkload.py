@@ -1,0 +1,74 @@
+"""``s3batch put PATH...``: bulk-load files through put_object (or the direct path) with progress."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from celery.result import AsyncResult, ResultSet
+from tqdm import tqdm  # type: ignore[import-untyped]
+
+from batcher.errors import S3BatchError
+
+
+def walk(paths: Sequence[Path]) -> Iterator[tuple[Path, str]]:
+    """(file, object key) for every file: a directory's files keyed relative to it, a file by its name."""
+    for path in paths:
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                yield file, file.relative_to(path).as_posix()
+        elif path.is_file():
+            yield path, path.name
+        else:
+            raise S3BatchError(f"{path} is neither a file nor a directory")
+
+
+def put_paths(paths: Sequence[Path], *, direct: bool, refs_out: Path | None, progress: bool) -> int:
+    """Stage every file, wait for every batch, write refs; returns 1 when any file failed."""
+    from workers.direct import put_object_direct
+    from workers.tasks import put_object
+
+    sent: dict[str, tuple[Path, str]] = {}
+    failed: dict[Path, str] = {}
+    results: list[AsyncResult[Any]] = []
+    started = time.monotonic()
+    with tqdm(desc="staging", unit="B", unit_scale=True, disable=not progress) as bar:
+        for file, key in walk(paths):
+            data = file.read_bytes()
+            content_type = mimetypes.guess_type(file.name)[0]
+            try:
+                result = (
+                    put_object_direct(key, data, content_type) if direct else put_object.delay(key, data, content_type)
+                )
+            except S3BatchError as exc:
+                failed[file] = str(exc)
+                continue
+            sent[result.id] = (file, key)
+            results.append(result)
+            bar.update(len(data))
+            bar.set_postfix(objects=len(results), refresh=False)
+    with tqdm(total=len(results), desc="uploaded", unit="obj", disable=not progress) as bar:
+        ResultSet(results).join_native(propagate=False, callback=lambda task_id, value: bar.update(1))
+    out = refs_out.open("w") if refs_out else None
+    try:
+        for result in results:
+            file, key = sent[result.id]
+            if result.state == "SUCCESS":
+                if out:
+                    out.write(json.dumps({"path": str(file), **(result.get() or {})}, ensure_ascii=False) + "\n")
+            else:
+                failed[file] = f"{result.state}: {result.result}"
+    finally:
+        if out:
+            out.close()
+    elapsed = time.monotonic() - started
+    uploaded = sum(result.state == "SUCCESS" for result in results)
+    print(f"{uploaded} objects uploaded in {elapsed:.1f} s, {len(failed)} failed")
+    for file, why in failed.items():
+        print(f"s3batch: failed: {file}: {why}", file=sys.stderr)
+    return 1 if failed else 0
