@@ -27,8 +27,11 @@ class CostRow:
 
 
 def tar_bytes(objects: int, size: int) -> int:
-    """Bytes of a batch tar of ``objects`` objects of ``size`` bytes with short ASCII names (no pax header)."""
-    data = objects * (BLOCK + math.ceil(size / BLOCK) * BLOCK)
+    """Bytes of a batch tar of ``objects`` objects of ``size`` bytes with short ASCII names, without the index.
+
+    Each member is a pax header and its record (the s3batch comment), a ustar header, and the data padded.
+    """
+    data = objects * (3 * BLOCK + math.ceil(size / BLOCK) * BLOCK)
     return math.ceil((data + 2 * BLOCK) / RECORD) * RECORD
 
 
