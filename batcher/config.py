@@ -10,9 +10,10 @@ from batcher.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
-# S3's own hard limits: a part is at most 5 GiB, an object at most 5 TiB; a
-# batch bigger than one PutObject may hold (5 GiB) goes multipart anyway.
-_MAX_S3_OBJECT_BYTES = 5 * 1024**4
+# A multipart upload has at most 10,000 parts of 16 MiB (batcher.uploader.PART_BYTES), and a Redis string
+# holds at most 512 MiB, which bounds one staged object.
+_MAX_BATCH_BYTES = 10_000 * 16 * 1024 * 1024
+_MAX_OBJECT_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,13 @@ class Settings:
         _check_positive("S3BATCH_MAX_STAGED_BYTES", self.max_staged_bytes)
         _check_positive("S3BATCH_LEASE_SECONDS", self.lease_s)
         _check_positive("S3BATCH_UPLOAD_ATTEMPTS", self.upload_attempts)
-        if self.max_batch_bytes > _MAX_S3_OBJECT_BYTES:
-            raise ConfigError(f"S3BATCH_MAX_BATCH_BYTES={self.max_batch_bytes} is above S3's 5 TiB object limit")
+        if self.max_batch_bytes > _MAX_BATCH_BYTES:
+            raise ConfigError(
+                f"S3BATCH_MAX_BATCH_BYTES={self.max_batch_bytes} is above {_MAX_BATCH_BYTES} "
+                "(10,000 multipart parts of 16 MiB)"
+            )
+        if self.max_object_bytes > _MAX_OBJECT_BYTES:
+            raise ConfigError(f"S3BATCH_MAX_OBJECT_BYTES={self.max_object_bytes} is above Redis's 512 MiB value limit")
         if self.max_object_bytes > self.max_batch_bytes:
             raise ConfigError(
                 f"S3BATCH_MAX_OBJECT_BYTES={self.max_object_bytes} is larger than "

@@ -6,12 +6,10 @@ import math
 from dataclasses import dataclass
 
 from batcher.tarwriter import BLOCK, RECORD
+from batcher.uploader import upload_requests
 
 PUT_USD_PER_1000 = 0.005
-GET_USD_PER_1000 = 0.0004
 STORAGE_USD_PER_GB_MONTH = 0.023
-MULTIPART_THRESHOLD_BYTES = 128 * 1024 * 1024
-PART_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -43,10 +41,7 @@ def plan(objects: int, size: int, batch_objects: int) -> CostRow:
         batches = math.ceil(objects / batch_objects)
         full, rest = divmod(objects, batch_objects)
         stored = full * tar_bytes(batch_objects, size) + (tar_bytes(rest, size) if rest else 0)
-        per_batch = tar_bytes(batch_objects, size)
-        # a multipart upload costs one request per part plus create and complete
-        requests_per_batch = 1 if per_batch < MULTIPART_THRESHOLD_BYTES else math.ceil(per_batch / PART_BYTES) + 2
-        puts = batches * requests_per_batch
+        puts = batches * upload_requests(tar_bytes(batch_objects, size))
     return CostRow(
         batch_objects=batch_objects,
         batches=batches,

@@ -135,6 +135,10 @@ class Flusher:
                     tar_bytes, etag, refs, contexts = self._upload(batch, entries, may_exist=recovered)
             except UploadError as exc:
                 return self._failed(batch, entries, exc, started, recovered)
+            except Exception as exc:  # a missing record, a broken tar: counted like a failed upload
+                log.exception("s3batch batch %s could not be built or uploaded", batch.batch_id)
+                error = UploadError(f"batch {batch.batch_id} could not be built or uploaded: {exc!r}")
+                return self._failed(batch, entries, error, started, recovered)
         with self._lease(batch):
             if batch.state != "done":
                 self.checkpoint("uploaded")
@@ -193,7 +197,7 @@ class Flusher:
             return self._report(batch, 0, started, recovered, str(exc))
         permanent = isinstance(exc, PermanentUploadError)
         if not permanent and attempts < self.settings.upload_attempts:
-            retry_at_ms = now_ms + int(backoff_s(attempts) * 1000)
+            retry_at_ms = now_ms + int(backoff_s(attempts + 1) * 1000)
             self.staging.renew(batch, retry_at_ms)
             log.warning(
                 "s3batch batch %s upload attempt %d of %d failed, retrying in %.1f s: %s",
@@ -206,8 +210,8 @@ class Flusher:
             f"uploaded after {why}: {exc}. Its objects are kept in Redis; `s3batch retry {batch.batch_id}` "
             "uploads it again"
         )
+        contexts = self.staging.read_contexts(entries)
         if self.staging.dead_letter(batch, str(exc), now_ms):
-            contexts = {obj.record_id: obj.context for obj in self.staging.read_objects(entries) if obj.context}
             self.results.fail([entry.record_id for entry in entries], error, contexts)
             log.error("s3batch %s", error)
         return self._report(batch, 0, started, recovered, str(exc))

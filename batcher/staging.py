@@ -155,11 +155,25 @@ class Staging:
             pipe = self.client.pipeline(transaction=False)
             for entry in entries[start : start + _READ_CHUNK_OBJECTS]:
                 pipe.hget(self.keys.record(entry.record_id), "key")
-            for entry, key in zip(entries[start:], self._redis("read staged keys", pipe.execute), strict=False):
+            chunk = entries[start : start + _READ_CHUNK_OBJECTS]
+            for entry, key in zip(chunk, self._redis("read staged keys", pipe.execute), strict=True):
                 if key is None:
                     raise _missing(entry)
                 keys.append(key.decode("utf-8"))
         return keys
+
+    def read_contexts(self, entries: Sequence[QueueEntry]) -> dict[str, str]:
+        """The records' opaque contexts where they have one (no bodies are read)."""
+        contexts: dict[str, str] = {}
+        for start in range(0, len(entries), _READ_CHUNK_OBJECTS):
+            chunk = entries[start : start + _READ_CHUNK_OBJECTS]
+            pipe = self.client.pipeline(transaction=False)
+            for entry in chunk:
+                pipe.hget(self.keys.record(entry.record_id), "context")
+            for entry, context in zip(chunk, self._redis("read contexts", pipe.execute), strict=True):
+                if context:
+                    contexts[entry.record_id] = context.decode()
+        return contexts
 
     def read_objects(self, entries: Sequence[QueueEntry]) -> Iterator[StagedObject]:
         """Stream the staged objects of ``entries`` in order, a bounded chunk per round trip."""

@@ -35,8 +35,20 @@ MULTIPART_THRESHOLD_BYTES = 128 * 1024 * 1024
 PART_BYTES = 16 * 1024 * 1024
 S3_ATTEMPTS = 6
 _RETRIES = {"mode": "standard", "max_attempts": S3_ATTEMPTS}
-# 4xx answers worth another try later: timeout, conflicting concurrent write, throttling.
-_TRANSIENT_4XX = {408, 409, 429}
+# Refusals that another try cannot fix (every 403 too); any other error is retried within the budget.
+_PERMANENT_CODES = {
+    "NoSuchBucket", "InvalidBucketName", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    "AccountProblem", "PermanentRedirect", "InvalidObjectState", "MethodNotAllowed",
+}  # fmt: skip
+
+
+def upload_requests(
+    tar_bytes: int, multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES, part_bytes: int = PART_BYTES
+) -> int:
+    """PUT-class requests one upload costs: 1, or its parts plus create and complete."""
+    if tar_bytes < multipart_threshold_bytes:
+        return 1
+    return -(-tar_bytes // part_bytes) + 2
 
 
 def s3_client(**kwargs: Any) -> S3Client:
@@ -62,10 +74,8 @@ class Uploader:
         self.checkpoint = checkpoint
 
     def requests_for(self, tar_bytes: int) -> int:
-        """PUT-class requests one upload of this size costs: 1, or parts plus create and complete."""
-        if tar_bytes < self.multipart_threshold_bytes:
-            return 1
-        return -(-tar_bytes // self.part_bytes) + 2
+        """PUT-class requests one upload of ``tar_bytes`` costs with this uploader's thresholds."""
+        return upload_requests(tar_bytes, self.multipart_threshold_bytes, self.part_bytes)
 
     def upload(self, bucket: str, key: str, tar: BuiltTar, *, may_exist: bool = False) -> str:
         """Create ``key`` from the tar unless an identical object is there; returns the ETag.
@@ -76,21 +86,9 @@ class Uploader:
         """
         where = f"s3://{bucket}/{key}"
         try:
-            if may_exist:
-                existing = self._existing_etag(bucket, key, tar)
-                if existing is not None:
-                    return existing
-            if tar.size >= self.multipart_threshold_bytes:
-                return self._multipart(bucket, key, tar)
-            return self._put(bucket, key, tar)
+            return self._upload(bucket, key, tar, may_exist=may_exist)
         except ClientError as exc:
-            status = _status(exc)
-            if status == 412:
-                etag = self._existing_etag(bucket, key, tar)
-                if etag is None:
-                    raise UploadError(f"S3 answered 412 for {where} but has no object there") from exc
-                return etag
-            if 400 <= status < 500 and status not in _TRANSIENT_4XX:
+            if _status(exc) == 403 or _code(exc) in _PERMANENT_CODES:
                 raise PermanentUploadError(f"S3 refused batch {where}: {_describe(exc)}") from exc
             raise UploadError(f"S3 failed to store batch {where}: {_describe(exc)}") from exc
         except NoCredentialsError as exc:
@@ -99,6 +97,24 @@ class Uploader:
             ) from exc
         except (BotoCoreError, ValueError) as exc:  # ValueError: botocore parsing a response cut short
             raise UploadError(f"could not upload batch {where} after {S3_ATTEMPTS} attempts: {exc}") from exc
+
+    def _upload(self, bucket: str, key: str, tar: BuiltTar, *, may_exist: bool) -> str:
+        where = f"s3://{bucket}/{key}"
+        try:
+            if may_exist:
+                existing = self._existing_etag(bucket, key, tar)
+                if existing is not None:
+                    return existing
+            if tar.size >= self.multipart_threshold_bytes:
+                return self._multipart(bucket, key, tar)
+            return self._put(bucket, key, tar)
+        except ClientError as exc:
+            if _status(exc) != 412:
+                raise
+            etag = self._existing_etag(bucket, key, tar)  # its own errors reach upload()'s translation
+            if etag is None:
+                raise UploadError(f"S3 answered 412 for {where} but has no object there") from exc
+            return etag
 
     def _put(self, bucket: str, key: str, tar: BuiltTar) -> str:
         tar.file.seek(0)
@@ -190,6 +206,10 @@ def _whole_etag(etag: object) -> bool:
 
 def _status(exc: ClientError) -> int:
     return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _describe(exc: ClientError) -> str:

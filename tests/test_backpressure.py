@@ -30,7 +30,7 @@ def test_redis_out_of_memory_is_a_staging_error_and_stages_nothing(stack: Stack)
     client.config_set("maxmemory", used + 64 * 1024)
     client.config_set("maxmemory-policy", "noeviction")
     try:
-        with pytest.raises(StagingError, match="used memory > .maxmemory."):
+        with pytest.raises(StagingError, match=r"used memory > .maxmemory."):
             for i in range(100):
                 stage_object(stack.settings, stack.staging, staged(f"k{i}", b"z" * 200_000))
         staged_count = stack.staging.totals()["queued_objects"]

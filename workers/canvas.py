@@ -35,19 +35,9 @@ def on_success(app: Celery, task_id: str, result: Any, context: str) -> None:
     chain = list(ctx.get("chain") or ())
     if chain:
         signature(chain.pop(), app=app).apply_async((result,), chain=chain, **options)
-    if ctx.get("chord") and _first_time(app, task_id):
+    if ctx.get("chord"):
+        # The backend counts a member once by task id, so a recovered flush publishing again is harmless.
         app.backend.on_chord_part_return(_request(task_id, ctx), states.SUCCESS, result)
-
-
-def _first_time(app: Celery, task_id: str) -> bool:
-    """True once per task: a chord counts each member once even when a recovered flush publishes again.
-
-    Links and chain steps are at least once, like any Celery callback under late acknowledgement.
-    """
-    client = getattr(app.backend, "client", None)
-    if client is None:
-        return True
-    return bool(client.set(f"s3batch-chord-part-{task_id}", 1, nx=True, ex=7 * 24 * 3600))
 
 
 def on_failure(app: Celery, task_id: str, error: Exception, context: str) -> None:
@@ -61,6 +51,7 @@ def _request(task_id: str, ctx: dict[str, Any]) -> Context:
         group=ctx.get("group"),
         group_index=ctx.get("group_index"),
         chord=ctx.get("chord"),
+        chain=ctx.get("chain"),
         errbacks=ctx.get("errbacks"),
         root_id=ctx.get("root_id"),
         parent_id=ctx.get("parent_id"),

@@ -10,9 +10,9 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+from batcher.cost import PUT_USD_PER_1000
 from batcher.embedded import RedisServer, S3Server
 
-PUT_COST_PER_1000_USD = 0.005
 _DEMO_BUCKET = "s3batch-demo"
 
 
@@ -105,8 +105,8 @@ def run_demo(*, objects: int, workers: int, concurrency: int, read_back: int, se
         batches = {ref.key for ref in refs}
         latencies = sorted(done_at[r.id] - sent_at[r.id] for r in results)
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-        naive_cost = objects * PUT_COST_PER_1000_USD / 1000
-        batched_cost = len(batches) * PUT_COST_PER_1000_USD / 1000
+        naive_cost = objects * PUT_USD_PER_1000 / 1000
+        batched_cost = len(batches) * PUT_USD_PER_1000 / 1000
         print()
         print(f"objects               {objects:>12,}")
         print(f"bytes                 {sum(sizes):>12,}")

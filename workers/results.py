@@ -21,8 +21,9 @@ from workers import canvas
 STAGED = "STAGED"
 _PIPELINE_CHUNK = 500
 
-# Write STAGED unless the task already reached SUCCESS or FAILURE (the flush may be faster than us).
-_MARK_STAGED = """
+# Write a state unless the task already reached SUCCESS or FAILURE: a STAGED written after the flush was
+# faster, or a dead letter's FAILURE after a first flush published SUCCESS, must not undo it.
+_UNLESS_FINAL = """
 local current = redis.call('GET', KEYS[1])
 if current then
   local ok, meta = pcall(cjson.decode, current)
@@ -47,7 +48,7 @@ class ResultWriter:
         self.app = app
         self.backend: Any = cast(Any, app.backend)  # celery-types does not describe RedisBackend's client and keys
         self._redis = isinstance(self.backend, RedisBackend)
-        self._mark_staged = self.backend.client.register_script(_MARK_STAGED) if self._redis else None
+        self._unless_final = self.backend.client.register_script(_UNLESS_FINAL) if self._redis else None
 
     def _meta(self, task_id: str, state: str, result: Any) -> str:
         meta = {
@@ -63,11 +64,15 @@ class ResultWriter:
 
     def mark_staged(self, task_id: str, info: dict[str, Any]) -> None:
         """Record that the object's bytes are in Redis staging."""
-        if self._mark_staged is None:
-            self.backend.store_result(task_id, info, STAGED)
+        self._write_unless_final(task_id, STAGED, info)
+
+    def _write_unless_final(self, task_id: str, state: str, result: Any) -> None:
+        """Store ``state`` unless the task already has SUCCESS or FAILURE (a late write never undoes one)."""
+        if self._unless_final is None:
+            self.backend.store_result(task_id, result, state)
             return
         key = self.backend.get_key_for_task(task_id)
-        self._mark_staged(keys=[key], args=[self._meta(task_id, STAGED, info), int(self.backend.expires or 0)])
+        self._unless_final(keys=[key], args=[self._meta(task_id, state, result), int(self.backend.expires or 0)])
 
     def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
         """Store SUCCESS with each ref's dict, then run the canvas of the records that have one."""
@@ -81,7 +86,9 @@ class ResultWriter:
         """Store FAILURE with ``error`` (rebuilt as its class by the caller's ``get()``); run errbacks."""
         self._send_events("task-failed", [(task_id, {"exception": repr(error)}) for task_id in record_ids])
         encoded = self.backend.prepare_exception(error)
-        self._store([(task_id, states.FAILURE, encoded) for task_id in record_ids if task_id not in contexts])
+        for task_id in record_ids:
+            if task_id not in contexts:
+                self._write_unless_final(task_id, states.FAILURE, encoded)
         for task_id in record_ids:
             if task_id in contexts:
                 canvas.on_failure(self.app, task_id, error, contexts[task_id])

@@ -12,16 +12,18 @@ local n = (#KEYS - 3) / 2
 
 local staged = tonumber(redis.call('HGET', KEYS[2], 'staged_bytes') or '0')
 local statuses = {}
+local in_this_call = {}
 local added_bytes, added_objects = 0, 0
 for i = 1, n do
   local a = 5 + (i - 1) * 8
   local size = string.len(ARGV[a + 4])
-  if redis.call('EXISTS', KEYS[3 + 2 * i]) == 1 then
+  if in_this_call[ARGV[a + 1]] or redis.call('EXISTS', KEYS[3 + 2 * i]) == 1 then
     statuses[i] = 0
   elseif staged + added_bytes + size > max_staged then
     statuses[i] = -1
   else
     statuses[i] = 1
+    in_this_call[ARGV[a + 1]] = true
     added_bytes = added_bytes + size
     added_objects = added_objects + 1
   end
