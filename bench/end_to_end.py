@@ -8,13 +8,10 @@ like the tests, and sends nothing anywhere else.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +25,7 @@ from typing import Any
 import boto3
 
 from batcher.embedded import RedisServer, S3Server
+from workers.process import WorkerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 USD_PER_1000_PUTS = 0.005
@@ -116,48 +114,6 @@ def list_pages(client: Any, bucket: str, prefix: str = "") -> Any:
 
 
 # --- 2. workers -----------------------------------------------------------------------------------------
-
-
-class WorkerProcess:
-    """``celery -A workers.app worker`` in its own process group (so its pool children die with it)."""
-
-    def __init__(self, env: dict[str, str], name: str, tmpdir: Path, *, beat: bool, concurrency: int) -> None:
-        self.name = name
-        self.node = f"{name}@{os.uname().nodename}"
-        self.logfile = tmpdir / f"{name}.log"
-        command = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-c", str(concurrency),
-            "--loglevel=WARNING", "--logfile", str(self.logfile), "-n", f"{name}@%h",
-            "--without-gossip", "--without-mingle",
-        ]  # fmt: skip
-        if beat:
-            command += ["-B", "-s", str(tmpdir / f"{name}-beat-schedule")]
-        self.process = subprocess.Popen(
-            command,
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace") if self.logfile.exists() else ""
-
-    def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM the process group (warm shutdown), SIGKILL what is left after ``timeout_s``."""
-        if self.process.poll() is None:
-            _killpg(self.process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=timeout_s)
-        _killpg(self.process.pid, signal.SIGKILL)  # pool children may outlive their main process
-        if self.process.poll() is None:
-            self.process.wait(timeout=10)
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, sig)
 
 
 def wait_ready(app: Any, workers: Sequence[WorkerProcess], timeout_s: float = 90) -> None:
@@ -398,7 +354,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         env = dict(os.environ)
         for n in range(args.workers):
-            workers.append(WorkerProcess(env, f"b{n}", Path(tmpdir.name), beat=n == 0, concurrency=args.concurrency))
+            workers.append(
+                WorkerProcess(
+                    env, f"b{n}", Path(tmpdir.name), beat=n == 0, concurrency=args.concurrency, loglevel="WARNING"
+                )
+            )
         wait_ready(app, workers)
         print(f"{args.workers} workers x {args.concurrency} processes ready")
 

@@ -28,6 +28,7 @@ class WorkerProcess:
         queues: str | None = None,
     ) -> None:
         self.name = name
+        self.node = f"{name}@{os.uname().nodename}"  # as `-n {name}@%h` names it, for app.control.ping
         self.logfile = logdir / f"{name}.log"
         command = [
             sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-n", f"{name}@%h",
