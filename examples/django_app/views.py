@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
 from uuid import UUID
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -11,9 +10,10 @@ from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from batcher import BatchReader, BatchRef
-from batcher.errors import BatchNotFoundError, InputError, ReadError, StagingError, UploadError
-from workers.tasks import STAGED, put_object
+from batcher import BatchReader
+from examples.objects import CONTENT_HEADERS, Content, task_status
+from examples.objects import object_content as content_of
+from workers.tasks import put_object
 
 
 @cache
@@ -54,59 +54,15 @@ def upload(request: HttpRequest) -> JsonResponse:
 @require_GET
 def object_status(request: HttpRequest, task_id: UUID) -> JsonResponse:
     """The task's state; with the ref once SUCCESS, with the error (and a 4xx/5xx) once FAILURE."""
-    task = put_object.AsyncResult(str(task_id))
-    state = task.state
-    outcome: Any = task.result  # STAGED: what was staged; SUCCESS: the ref dict; FAILURE: the error
-    body: dict[str, Any] = {"task_id": task.id, "state": state}
-    if state == "SUCCESS":
-        body["ref"] = outcome
-    elif state == STAGED:
-        body["staged"] = outcome  # object_key, size, sha256
-    elif state == "FAILURE":
-        body["error"] = describe(outcome)
-        return JsonResponse(body, status=failure_status(outcome))
-    return JsonResponse(body)
+    body, status = task_status(str(task_id))
+    return JsonResponse(body, status=status)
 
 
 @require_GET
 def object_content(request: HttpRequest, task_id: UUID) -> HttpResponse:
     """The object's bytes with its content type, from its batch; 404 or 409 while there are none to serve."""
-    task = put_object.AsyncResult(str(task_id))
-    state = task.state
-    outcome: Any = task.result  # STAGED: what was staged; SUCCESS: the ref dict; FAILURE: the error
-    body: dict[str, Any] = {"task_id": task.id, "state": state}
-    if state == "PENDING":  # Celery cannot tell an unknown task id from one no worker has taken yet
-        return JsonResponse({**body, "error": "no such object (unknown task id, or not staged yet)"}, status=404)
-    if state == "FAILURE":
-        return JsonResponse({**body, "error": describe(outcome)}, status=404)
-    if state != "SUCCESS":
-        return JsonResponse({**body, "error": "the object is not in S3 yet"}, status=409)
-    try:
-        ref = BatchRef.from_dict(outcome)
-        info = reader().head(ref)  # the content type lives in the member's header, not in the ref
-        data = reader().get(ref)
-    except BatchNotFoundError as exc:
-        return JsonResponse({**body, "error": describe(exc)}, status=404)
-    except ReadError as exc:
-        return JsonResponse({**body, "error": describe(exc)}, status=502)
-    response = HttpResponse(data, content_type=info.content_type or "application/octet-stream")
-    # Uploaded content is served from our origin: never sniff it, never let it run scripts here.
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = "sandbox"
-    return response
-
-
-def describe(error: BaseException) -> dict[str, str]:
-    """The error as JSON: its class name (an S3BatchError subclass, usually) and its message."""
-    return {"type": type(error).__name__, "message": str(error)}
-
-
-def failure_status(error: BaseException) -> int:
-    """422 for input s3batch refused, 503 while staging is unavailable, 502 when S3 would not take the batch."""
-    if isinstance(error, InputError):
-        return 422
-    if isinstance(error, StagingError):
-        return 503
-    if isinstance(error, UploadError):
-        return 502
-    return 500
+    answer = content_of(reader(), str(task_id))
+    if not isinstance(answer, Content):
+        body, status = answer
+        return JsonResponse(body, status=status)
+    return HttpResponse(answer.data, content_type=answer.content_type, headers=CONTENT_HEADERS)

@@ -13,9 +13,10 @@ from uuid import UUID
 from flask import Blueprint, Flask, Response, current_app, request, url_for
 from flask.typing import ResponseReturnValue
 
-from batcher import BatchReader, BatchRef, Settings
-from batcher.errors import BatchNotFoundError, InputError, ReadError, StagingError, UploadError
-from workers.tasks import STAGED, put_object
+from batcher import BatchReader, Settings
+from examples.objects import CONTENT_HEADERS, Content, task_status
+from examples.objects import object_content as content_of
+from workers.tasks import put_object
 
 objects = Blueprint("objects", __name__)
 
@@ -59,60 +60,13 @@ def upload() -> ResponseReturnValue:
 @objects.get("/objects/<uuid:task_id>")
 def object_status(task_id: UUID) -> ResponseReturnValue:
     """The task's state; with the ref once SUCCESS, with the error (and a 4xx/5xx) once FAILURE."""
-    task = put_object.AsyncResult(str(task_id))
-    state = task.state
-    outcome: Any = task.result  # STAGED: what was staged; SUCCESS: the ref dict; FAILURE: the error
-    body: dict[str, Any] = {"task_id": task.id, "state": state}
-    if state == "SUCCESS":
-        body["ref"] = outcome
-    elif state == STAGED:
-        body["staged"] = outcome  # object_key, size, sha256
-    elif state == "FAILURE":
-        body["error"] = describe(outcome)
-        return body, failure_status(outcome)
-    return body
+    return task_status(str(task_id))
 
 
 @objects.get("/objects/<uuid:task_id>/content")
 def object_content(task_id: UUID) -> ResponseReturnValue:
     """The object's bytes with its content type, from its batch; 404 or 409 while there are none to serve."""
-    task = put_object.AsyncResult(str(task_id))
-    state = task.state
-    outcome: Any = task.result  # STAGED: what was staged; SUCCESS: the ref dict; FAILURE: the error
-    body: dict[str, Any] = {"task_id": task.id, "state": state}
-    if state == "PENDING":  # Celery cannot tell an unknown task id from one no worker has taken yet
-        return {**body, "error": "no such object (unknown task id, or not staged yet)"}, 404
-    if state == "FAILURE":
-        return {**body, "error": describe(outcome)}, 404
-    if state != "SUCCESS":
-        return {**body, "error": "the object is not in S3 yet"}, 409
-    reader: BatchReader = current_app.extensions["s3batch_reader"]
-    try:
-        ref = BatchRef.from_dict(outcome)
-        info = reader.head(ref)  # the content type lives in the member's header, not in the ref
-        data = reader.get(ref)
-    except BatchNotFoundError as exc:
-        return {**body, "error": describe(exc)}, 404
-    except ReadError as exc:
-        return {**body, "error": describe(exc)}, 502
-    response = Response(data, content_type=info.content_type or "application/octet-stream")
-    # Uploaded content is served from our origin: never sniff it, never let it run scripts here.
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Content-Security-Policy"] = "sandbox"
-    return response
-
-
-def describe(error: BaseException) -> dict[str, str]:
-    """The error as JSON: its class name (an S3BatchError subclass, usually) and its message."""
-    return {"type": type(error).__name__, "message": str(error)}
-
-
-def failure_status(error: BaseException) -> int:
-    """422 for input s3batch refused, 503 while staging is unavailable, 502 when S3 would not take the batch."""
-    if isinstance(error, InputError):
-        return 422
-    if isinstance(error, StagingError):
-        return 503
-    if isinstance(error, UploadError):
-        return 502
-    return 500
+    answer = content_of(current_app.extensions["s3batch_reader"], str(task_id))
+    if not isinstance(answer, Content):
+        return answer
+    return Response(answer.data, content_type=answer.content_type, headers=CONTENT_HEADERS)
