@@ -192,13 +192,13 @@ class Flusher:
         recovered: bool,
     ) -> FlushedBatch:
         now_ms = _now_ms()
-        attempts = self.staging.record_failure(batch, str(exc), now_ms + int(backoff_s(1) * 1000))
+        attempts = self.staging.record_failure(batch, str(exc))
         if attempts < 0:
             return self._report(batch, 0, started, recovered, str(exc))
         permanent = isinstance(exc, PermanentUploadError)
         if not permanent and attempts < self.settings.upload_attempts:
             retry_at_ms = now_ms + int(backoff_s(attempts + 1) * 1000)
-            self.staging.renew(batch, retry_at_ms)
+            self.staging.renew(batch, retry_at_ms)  # the lease becomes the backoff
             log.warning(
                 "s3batch batch %s upload attempt %d of %d failed, retrying in %.1f s: %s",
                 batch.batch_id, attempts, self.settings.upload_attempts, (retry_at_ms - now_ms) / 1000, exc,

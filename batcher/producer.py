@@ -38,8 +38,11 @@ def prepare_object(
     )
 
 
-def stage_object(settings: Settings, staging: Staging, obj: StagedObject) -> tuple[bool, bool]:
-    """Stage one object; returns (newly staged, flush wanted). Raises StagingFullError, StagingError."""
+def stage_object(settings: Settings, staging: Staging, obj: StagedObject) -> bool:
+    """Stage one object (a second time for its record id changes nothing); returns whether to flush now.
+
+    Raises StagingFullError, StagingError.
+    """
     outcome = staging.stage(
         [obj],
         max_staged_bytes=settings.max_staged_bytes,
@@ -54,4 +57,4 @@ def stage_object(settings: Settings, staging: Staging, obj: StagedObject) -> tup
             f"{settings.max_staged_bytes}; {obj.object_key!r} ({obj.size} bytes) was not staged. "
             "Retry later, or add workers or raise the limit if uploads cannot keep up"
         )
-    return status == 1, outcome.flush_wanted
+    return outcome.flush_wanted

@@ -260,11 +260,10 @@ class Staging:
         ]
         return bool(self._call(self._drop, keys, [batch.batch_id], "drop a batch"))
 
-    def record_failure(self, batch: ClaimedBatch, error: str, retry_at_ms: int) -> int:
-        """Count a failed upload and hold the batch until ``retry_at_ms``; -1 if the lease was lost."""
-        keys = [self.keys.leases, self.keys.batch(batch.batch_id)]
-        args = [batch.batch_id, batch.token, error, retry_at_ms]
-        return int(self._call(self._record_failure, keys, args, "record an upload failure"))
+    def record_failure(self, batch: ClaimedBatch, error: str) -> int:
+        """Count a failed upload; returns the attempts so far, -1 if the lease was lost."""
+        keys = [self.keys.batch(batch.batch_id)]
+        return int(self._call(self._record_failure, keys, [batch.token, error], "record an upload failure"))
 
     def dead_letter(self, batch: ClaimedBatch, error: str, now_ms: int) -> bool:
         """Park the batch (records kept) until ``revive``; False if the lease was lost."""

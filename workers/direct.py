@@ -23,7 +23,7 @@ def put_object_direct(
     rt = runtime()
     task_id = str(uuid.uuid4())
     obj = prepare_object(settings, task_id, key, body, content_type, metadata)
-    _, flush_wanted = stage_object(settings, rt.staging, obj)
+    flush_wanted = stage_object(settings, rt.staging, obj)
     rt.results.mark_staged(task_id, {"object_key": obj.object_key, "size": obj.size, "sha256": obj.sha256})
     if flush_wanted:
         flush.apply_async(expires=60)

@@ -161,7 +161,7 @@ def put_object(
     rt = runtime()
     task_id = str(self.request.id)
     obj = prepare_object(rt.settings, task_id, key, body, content_type, metadata, context=canvas.capture(self.request))
-    _, flush_wanted = stage_object(rt.settings, rt.staging, obj)
+    flush_wanted = stage_object(rt.settings, rt.staging, obj)
     staged: dict[str, Any] = {"object_key": obj.object_key, "size": obj.size, "sha256": obj.sha256}
     rt.results.mark_staged(task_id, staged)
     if app.conf.worker_send_task_events:
