@@ -29,7 +29,8 @@ class Keys:
 
     @property
     def totals(self) -> str:
-        """HASH of counters: staged_bytes (all in Redis), queued_bytes and queued_objects (not claimed)."""
+        """HASH of counters: staged_bytes (all in Redis), queued_bytes and queued_objects (not claimed), and the
+        lifetime uploaded_objects, uploaded_batches, uploaded_bytes, uploaded_tar_bytes, put_requests."""
         return f"{self._base}:totals"
 
     @property

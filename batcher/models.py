@@ -14,7 +14,7 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True)
 class StagedObject:
-    """One object as staging holds it; ``record_id`` is the Celery task id that will get the result."""
+    """One object as staging holds it; ``record_id`` names the result it will get (workers use the task id)."""
 
     record_id: str
     object_key: str
