@@ -8,6 +8,7 @@ its own bucket; Celery's broker and results share database 0.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import re
@@ -44,6 +45,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    # Collect the tests' AsyncResults now: their __del__ unsubscribes from the result backend, which must
+    # still be running (otherwise the unsubscribe fails at exit and pytest reports it as an error).
+    gc.collect()
     for service in _services.values():
         service.close()  # type: ignore[attr-defined]
 
