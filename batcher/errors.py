@@ -6,6 +6,8 @@ backend can carry it to the caller and rebuild the same class there.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class S3BatchError(Exception):
     """Raised for every failure that s3batch detects and explains itself."""
@@ -45,6 +47,9 @@ class StagingError(S3BatchError):
 
 class StagingFullError(StagingError):
     """Raised when staging already holds MAX_STAGED_BYTES (backpressure)."""
+
+    accepted: Any = None
+    """From ``Batcher.put_objects``: the results of the objects it staged before staging stayed full."""
 
 
 class UploadError(S3BatchError):

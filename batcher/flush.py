@@ -12,7 +12,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +21,7 @@ from typing import Protocol
 from batcher.config import Settings
 from batcher.errors import DeadLetterError, PermanentUploadError, UploadError
 from batcher.ids import new_batch_id
-from batcher.models import BatchRef, ClaimedBatch, StagedObject
+from batcher.models import BatchRef, ClaimedBatch
 from batcher.staging import QueueEntry, Staging
 from batcher.tarwriter import build_tar
 from batcher.uploader import Uploader
@@ -163,16 +163,10 @@ class Flusher:
     def _upload(
         self, batch: ClaimedBatch, entries: Sequence[QueueEntry], *, may_exist: bool
     ) -> tuple[int, str, list[tuple[str, BatchRef]], dict[str, str]]:
-        keys = self.staging.read_keys(entries)
-        contexts: dict[str, str] = {}
-
-        def noting_contexts(objects: Iterable[StagedObject]) -> Iterator[StagedObject]:
-            for obj in objects:
-                if obj.context:
-                    contexts[obj.record_id] = obj.context
-                yield obj
-
-        objects = noting_contexts(self.staging.read_objects(entries))
+        heads = self.staging.read_heads(entries)
+        contexts = {head.record_id: head.context for head in heads if head.context}
+        objects = self.staging.read_objects(heads, entries)
+        keys = [head.object_key for head in heads]
         with build_tar(keys, objects, batch_id=batch.batch_id, created_ms=batch.created_ms) as tar:
             self.checkpoint("tar-built")
             etag = self.uploader.upload(self.bucket, batch.s3_key, tar, may_exist=may_exist)

@@ -51,10 +51,15 @@ def stage_object(settings: Settings, staging: Staging, obj: StagedObject) -> boo
     )
     (status,) = outcome.statuses
     if status == FULL:
-        totals = staging.totals()
-        raise StagingFullError(
-            f"staging is full: {totals['staged_bytes']} bytes staged, S3BATCH_MAX_STAGED_BYTES="
-            f"{settings.max_staged_bytes}; {obj.object_key!r} ({obj.size} bytes) was not staged. "
-            "Retry later, or add workers or raise the limit if uploads cannot keep up"
-        )
+        raise full_error(settings, staging, obj)
     return outcome.flush_wanted
+
+
+def full_error(settings: Settings, staging: Staging, obj: StagedObject) -> StagingFullError:
+    """The error for ``obj`` refused by a full staging area: how full it is, the limit, what to do."""
+    totals = staging.totals()
+    return StagingFullError(
+        f"staging is full: {totals['staged_bytes']} bytes staged, S3BATCH_MAX_STAGED_BYTES="
+        f"{settings.max_staged_bytes}; {obj.object_key!r} ({obj.size} bytes) was not staged. "
+        "Retry later, or add workers or raise the limit if uploads cannot keep up"
+    )

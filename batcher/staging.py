@@ -6,6 +6,7 @@ and batch membership stay consistent with any number of producers and flushes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import Iterator, Sequence
@@ -67,6 +68,7 @@ class Staging:
         self._record_failure = self._script("record_failure.lua")
         self._dead_letter = self._script("dead_letter.lua")
         self._revive = self._script("revive.lua")
+        self._read_records = self._script("read_records.lua")
 
     def _script(self, name: str) -> Script:
         source = resources.files("batcher").joinpath("lua", name).read_text()
@@ -148,19 +150,31 @@ class Staging:
             entries.append(QueueEntry(record_id, int(ms), int(size)))
         return entries
 
-    def read_keys(self, entries: Sequence[QueueEntry]) -> list[str]:
-        """The object keys of ``entries`` in order (the tar's member names depend on all of them)."""
-        keys: list[str] = []
+    def read_heads(self, entries: Sequence[QueueEntry]) -> list[StagedObject]:
+        """The staged objects of ``entries`` in order, without their bodies (``body`` is empty).
+
+        A flush needs every key before it writes the first member (member names depend on all of them).
+        """
+        heads: list[StagedObject] = []
         for start in range(0, len(entries), _READ_CHUNK_OBJECTS):
-            pipe = self.client.pipeline(transaction=False)
-            for entry in entries[start : start + _READ_CHUNK_OBJECTS]:
-                pipe.hget(self.keys.record(entry.record_id), "key")
             chunk = entries[start : start + _READ_CHUNK_OBJECTS]
-            for entry, key in zip(chunk, self._redis("read staged keys", pipe.execute), strict=True):
-                if key is None:
+            rows = self._read(chunk, ["key", "content_type", "metadata", "sha256", "context"])
+            for entry, (key, content_type, metadata, sha256, context) in zip(chunk, rows, strict=True):
+                if key is None or sha256 is None:
                     raise _missing(entry)
-                keys.append(key.decode("utf-8"))
-        return keys
+                heads.append(
+                    StagedObject(
+                        record_id=entry.record_id,
+                        object_key=key.decode("utf-8"),
+                        body=b"",
+                        staged_ms=entry.staged_ms,
+                        sha256=sha256.decode(),
+                        content_type=content_type.decode() if content_type else None,
+                        metadata=json.loads(metadata) if metadata else {},
+                        context=context.decode() if context else None,
+                    )
+                )
+        return heads
 
     def read_contexts(self, entries: Sequence[QueueEntry]) -> dict[str, str]:
         """The records' opaque contexts where they have one (no bodies are read)."""
@@ -175,39 +189,25 @@ class Staging:
                     contexts[entry.record_id] = context.decode()
         return contexts
 
-    def read_objects(self, entries: Sequence[QueueEntry]) -> Iterator[StagedObject]:
-        """Stream the staged objects of ``entries`` in order, a bounded chunk per round trip."""
-        chunk: list[QueueEntry] = []
-        chunk_bytes = 0
-        for entry in entries:
-            chunk.append(entry)
-            chunk_bytes += entry.size
-            if chunk_bytes >= _READ_CHUNK_BYTES or len(chunk) >= _READ_CHUNK_OBJECTS:
-                yield from self._read_chunk(chunk)
-                chunk, chunk_bytes = [], 0
-        if chunk:
-            yield from self._read_chunk(chunk)
+    def read_objects(self, heads: Sequence[StagedObject], entries: Sequence[QueueEntry]) -> Iterator[StagedObject]:
+        """``heads`` (from read_heads) with their bodies, streamed a bounded chunk per round trip."""
+        start = 0
+        while start < len(entries):
+            end, chunk_bytes = start, 0
+            while end < len(entries) and end - start < _READ_CHUNK_OBJECTS and chunk_bytes < _READ_CHUNK_BYTES:
+                chunk_bytes += entries[end].size
+                end += 1
+            rows = self._read(entries[start:end], ["body"])
+            for entry, head, (body,) in zip(entries[start:end], heads[start:end], rows, strict=True):
+                if body is None:
+                    raise _missing(entry)
+                yield dataclasses.replace(head, body=body)
+            start = end
 
-    def _read_chunk(self, chunk: Sequence[QueueEntry]) -> Iterator[StagedObject]:
-        pipe = self.client.pipeline(transaction=False)
-        for entry in chunk:
-            pipe.hmget(
-                self.keys.record(entry.record_id), "key", "body", "content_type", "metadata", "sha256", "context"
-            )
-        rows = cast(list[list[bytes | None]], self._redis("read staged objects", pipe.execute))
-        for entry, (key, body, content_type, metadata, sha256, context) in zip(chunk, rows, strict=True):
-            if key is None or body is None or sha256 is None:
-                raise _missing(entry)
-            yield StagedObject(
-                record_id=entry.record_id,
-                object_key=key.decode("utf-8"),
-                body=body,
-                staged_ms=entry.staged_ms,
-                sha256=sha256.decode(),
-                content_type=content_type.decode() if content_type else None,
-                metadata=json.loads(metadata) if metadata else {},
-                context=context.decode() if context else None,
-            )
+    def _read(self, entries: Sequence[QueueEntry], fields: list[str]) -> list[list[bytes | None]]:
+        """``fields`` of each entry's record: one round trip and one command for the whole chunk."""
+        keys = [self.keys.record(entry.record_id) for entry in entries]
+        return cast(list[list[bytes | None]], self._call(self._read_records, keys, fields, "read staged objects"))
 
     def renew(self, batch: ClaimedBatch, lease_until_ms: int) -> bool:
         """Extend the lease; False means another flush took the batch over."""

@@ -69,11 +69,51 @@ class BuiltTar:
 
 
 def member_header(obj: StagedObject, name: str) -> bytes:
-    """The tar header blocks of one object: a pax header with its facts, then the ustar header."""
-    info = _info(name, obj.size, obj.staged_ms)
+    """The tar header blocks of one object: a pax header with its facts, then the ustar header.
+
+    The same bytes as ``tarfile``'s PAX_FORMAT (a test compares them), built in a fraction of its time:
+    this runs once per object in every flush.
+    """
     entry = IndexEntry(obj.object_key, name, 0, obj.size, obj.sha256, obj.content_type, obj.metadata)
+    records = _pax_record("comment", member_comment(entry))
+    if len(name) > _NAME_FIELD or not name.isascii():
+        records += _pax_record("path", name)
+    mtime = obj.staged_ms // 1000
+    if obj.size >= _MAX_OCTAL_11 or mtime >= _MAX_OCTAL_11:
+        return _tarfile_member_header(obj, name, entry)
+    pax = _ustar(b"././@PaxHeader", 0, len(records), 0, b"x") + records + bytes(-len(records) % BLOCK)
+    return pax + _ustar(name.encode("ascii", "replace")[:_NAME_FIELD], _MODE, obj.size, mtime, b"0")
+
+
+def _tarfile_member_header(obj: StagedObject, name: str, entry: IndexEntry) -> bytes:
+    info = _info(name, obj.size, obj.staged_ms)
     info.pax_headers = {"comment": member_comment(entry)}
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+_NAME_FIELD = 100
+_MAX_OCTAL_11 = 8**11
+# A ustar header after its name field up to the checksum: mode, uid, gid, size, mtime are filled in per member.
+_USTAR_MIDDLE = b"%07o\0" + b"0000000\0" * 2 + b"%011o\0%011o\0"
+# After the checksum and type flag: empty linkname, magic "ustar\0" version "00", empty uname, gname,
+# device numbers and prefix, and the block's padding.
+_USTAR_END = bytes(100) + tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
+
+
+def _ustar(name: bytes, mode: int, size: int, mtime: int, typeflag: bytes) -> bytes:
+    """One ustar header block as tarfile writes it (checksum as six octal digits, NUL, space)."""
+    head = name.ljust(_NAME_FIELD, b"\0") + _USTAR_MIDDLE % (mode, size, mtime)
+    checksum = sum(head) + sum(b"        ") + typeflag[0] + sum(_USTAR_END)
+    return head + b"%06o\0 " % checksum + typeflag + _USTAR_END
+
+
+def _pax_record(keyword: str, value: str) -> bytes:
+    """``"<length> <keyword>=<value>\\n"``, where the length counts its own digits."""
+    payload = b" " + keyword.encode() + b"=" + value.encode("utf-8") + b"\n"
+    length = len(payload) + 1
+    while len(str(length)) + len(payload) != length:
+        length = len(str(length)) + len(payload)
+    return str(length).encode() + payload
 
 
 def _info(name: str, size: int, mtime_ms: int) -> tarfile.TarInfo:

@@ -40,9 +40,19 @@ def test_stage_keeps_order_and_accounts_bytes(stack: Stack) -> None:
     assert batch is not None and batch.objects == 4 and batch.size_bytes == 10
     entries = stack.staging.entries(batch)
     assert [e.record_id for e in entries] == [o.record_id for o in objs]
-    read = list(stack.staging.read_objects(entries))
+    heads = stack.staging.read_heads(entries)
+    assert [(h.object_key, h.body, h.sha256) for h in heads] == [(o.object_key, b"", o.sha256) for o in objs]
+    read = list(stack.staging.read_objects(heads, entries))
     assert [(o.object_key, o.body, o.sha256) for o in read] == [(o.object_key, o.body, o.sha256) for o in objs]
     assert stack.staging.totals()["queued_objects"] == 0
+
+
+def test_staging_full_refuses_everything_after_the_first_refusal(stack: Stack) -> None:
+    """A smaller object after a refused one is refused too, so that retrying the refused ones keeps order."""
+    limits = dict(LIMITS, max_staged_bytes=100)
+    objs = [staged("a", b"x" * 60), staged("b", b"y" * 50), staged("c", b"z" * 10)]
+    assert stack.staging.stage(objs, **limits).statuses == [STAGED, FULL, FULL]
+    assert stack.staging.totals()["queued_objects"] == 1
 
 
 def test_same_record_id_is_staged_once(stack: Stack) -> None:

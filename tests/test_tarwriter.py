@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -11,12 +12,15 @@ import subprocess
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from batcher.index import INDEX_NAME, TRAILER_NAME
+from batcher.index import INDEX_NAME, TRAILER_NAME, IndexEntry
 from batcher.models import StagedObject
-from batcher.tarwriter import BuiltTar, build_tar
+from batcher.tarwriter import BuiltTar, _tarfile_member_header, build_tar, member_header
 
 STAGED_MS = 1_700_000_000_987  # a fixed past instant: GNU tar warns about time stamps in the future
 CREATED_MS = STAGED_MS + 60_000
@@ -344,3 +348,22 @@ def test_keys_at_the_segment_limit_extract_everywhere(tmp_path: Path) -> None:
         out.mkdir()
         run_tool(tool, "-xf", path, "-C", out)
         assert files_under(out) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=300),
+    size=st.one_of(st.integers(0, 4096), st.integers(8**11 - 2, 8**11 + 2)),
+    staged_ms=st.one_of(st.integers(0, 2_000_000_000_000), st.just(8**11 * 1000)),
+    content_type=st.one_of(st.none(), st.text(max_size=40)),
+    metadata=st.dictionaries(st.text(min_size=1, max_size=10), st.text(max_size=300), max_size=3),
+)
+def test_member_header_is_byte_for_byte_tarfiles(
+    name: str, size: int, staged_ms: int, content_type: str | None, metadata: dict[str, str]
+) -> None:
+    """The hand-built header (a per-object hot path) must equal tarfile's PAX_FORMAT, so batches never change."""
+    obj = StagedObject("r", "key/" + name, b"", staged_ms, "ab" * 32, content_type, metadata)
+    obj = dataclasses.replace(obj, body=b"")
+    sized = SimpleNamespace(**{f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, size=size)
+    entry = IndexEntry(obj.object_key, name, 0, size, obj.sha256, content_type, metadata)
+    assert member_header(sized, name) == _tarfile_member_header(sized, name, entry)  # type: ignore[arg-type]

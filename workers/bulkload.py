@@ -13,6 +13,7 @@ from typing import Any
 from celery.result import AsyncResult, ResultSet
 from tqdm import tqdm  # type: ignore[import-untyped]
 
+from batcher.client import Batcher
 from batcher.errors import S3BatchError
 
 
@@ -30,34 +31,30 @@ def walk(paths: Sequence[Path]) -> Iterator[tuple[Path, str]]:
 
 def put_paths(paths: Sequence[Path], *, direct: bool, refs_out: Path | None, progress: bool) -> int:
     """Stage every file, wait for every batch, write refs; returns 1 when any file failed."""
-    from workers.direct import put_object_direct
     from workers.tasks import put_object
 
-    sent: dict[str, tuple[Path, str]] = {}
     failed: dict[Path, str] = {}
-    results: list[AsyncResult[Any]] = []
     started = time.monotonic()
+    files = list(walk(paths))
     with tqdm(desc="staging", unit="B", unit_scale=True, disable=not progress) as bar:
-        for file, key in walk(paths):
+
+        def read(file: Path, key: str) -> tuple[str, bytes, str | None]:
             data = file.read_bytes()
-            content_type = mimetypes.guess_type(file.name)[0]
-            try:
-                result = (
-                    put_object_direct(key, data, content_type) if direct else put_object.delay(key, data, content_type)
-                )
-            except S3BatchError as exc:
-                failed[file] = str(exc)
-                continue
-            sent[result.id] = (file, key)
-            results.append(result)
             bar.update(len(data))
-            bar.set_postfix(objects=len(results), refresh=False)
+            return key, data, mimetypes.guess_type(file.name)[0]
+
+        if direct:
+            with Batcher[AsyncResult[Any], ResultSet]() as batcher:
+                results: list[AsyncResult[Any]] = batcher.put_objects(read(f, k) for f, k in files).results or []
+        else:
+            results = [put_object.delay(*read(f, k)) for f, k in files]
+    sent = {result.id: file for result, (file, _) in zip(results, files, strict=True)}
     with tqdm(total=len(results), desc="uploaded", unit="obj", disable=not progress) as bar:
         ResultSet(results).join_native(propagate=False, callback=lambda task_id, value: bar.update(1))
     out = refs_out.open("w") if refs_out else None
     try:
         for result in results:
-            file, key = sent[result.id]
+            file = sent[result.id]
             if result.state == "SUCCESS":
                 if out:
                     out.write(json.dumps({"path": str(file), **(result.get() or {})}, ensure_ascii=False) + "\n")

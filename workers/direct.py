@@ -1,30 +1,45 @@
-"""Stage objects straight into Redis from the producer's process, without a Celery message per object.
+"""The Celery side of the direct staging path (``batcher.Batcher``): results are ordinary task results.
 
-Validation, staging, the STAGED state and the flush request are exactly those of the
-``put_object`` task; the result is a Celery AsyncResult that the flush completes.
+Each directly staged object gets a task id; its STAGED and SUCCESS states are stored in the
+s3batch app's result backend exactly as for ``put_object``, so a Celery AsyncResult, a
+ResultSet's ``join_native()`` and tools such as Flower's result view all work on them.
 """
 
 from __future__ import annotations
 
-import uuid
+from collections.abc import Sequence
 from typing import Any
 
+from celery import Celery
 from celery.result import AsyncResult
 
-from batcher.producer import prepare_object, stage_object
-from workers.app import app, settings
-from workers.tasks import flush, runtime
+from batcher.models import StagedObject
+from workers.app import app as default_app
+from workers.bulkwait import BulkResultSet
+from workers.results import ResultWriter
+from workers.tasks import flush
 
 
-def put_object_direct(
-    key: str, body: Any, content_type: str | None = None, metadata: dict[str, str] | None = None
-) -> AsyncResult[Any]:
-    """Stage one object now; raises InputError or StagingError (StagingFullError) instead of retrying."""
-    rt = runtime()
-    task_id = str(uuid.uuid4())
-    obj = prepare_object(settings, task_id, key, body, content_type, metadata)
-    flush_wanted = stage_object(settings, rt.staging, obj)
-    rt.results.mark_staged(task_id, {"object_key": obj.object_key, "size": obj.size, "sha256": obj.sha256})
-    if flush_wanted:
+class CeleryChannel:
+    """A batcher.client.ResultChannel over a Celery app's result backend."""
+
+    def __init__(self, app: Celery = default_app) -> None:
+        self.app = app
+        self.results = ResultWriter(app)
+
+    def staged(self, objects: Sequence[StagedObject]) -> None:
+        self.results.mark_staged_many(
+            [(o.record_id, {"object_key": o.object_key, "size": o.size, "sha256": o.sha256}) for o in objects]
+        )
+
+    def refused(self, record_id: str, error: Exception) -> None:
+        self.app.backend.mark_as_failure(record_id, error)
+
+    def handle(self, record_id: str) -> AsyncResult[Any]:
+        return AsyncResult(record_id, app=self.app)
+
+    def group(self, handles: list[AsyncResult[Any]]) -> BulkResultSet:
+        return BulkResultSet(list(handles), app=self.app)
+
+    def request_flush(self) -> None:
         flush.apply_async(expires=60)
-    return AsyncResult(task_id, app=app)

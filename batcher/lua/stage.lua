@@ -4,6 +4,8 @@
 -- ARGV: max_staged_bytes, seen_ttl_s, max_batch_bytes, max_batch_objects, flush_request_ttl_ms,
 --       then per object: record_id, staged_ms, object_key, body, content_type, metadata_json, sha256, context.
 -- Returns {flush_wanted, status...}: status 1 staged, 0 already staged (same record id), -1 staging full.
+-- Once one object does not fit, no later object of the call is staged either, so that a caller that
+-- retries the refused ones keeps its order.
 local max_staged = tonumber(ARGV[1])
 local seen_ttl = tonumber(ARGV[2])
 local max_batch_bytes = tonumber(ARGV[3])
@@ -14,12 +16,14 @@ local staged = tonumber(redis.call('HGET', KEYS[2], 'staged_bytes') or '0')
 local statuses = {}
 local in_this_call = {}
 local added_bytes, added_objects = 0, 0
+local full = false
 for i = 1, n do
   local a = 5 + (i - 1) * 8
   local size = string.len(ARGV[a + 4])
   if in_this_call[ARGV[a + 1]] or redis.call('EXISTS', KEYS[3 + 2 * i]) == 1 then
     statuses[i] = 0
-  elseif staged + added_bytes + size > max_staged then
+  elseif full or staged + added_bytes + size > max_staged then
+    full = true
     statuses[i] = -1
   else
     statuses[i] = 1

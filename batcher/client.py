@@ -1,0 +1,189 @@
+"""The direct staging path: a producer stages objects straight into Redis, without a message per object.
+
+Validation, staging, the STAGED state and the flush request are exactly those of the
+``put_object`` task, so the flush completes these objects like any other. Where results
+are stored and how a caller waits for them belongs to a ResultChannel; without one,
+Batcher uses the s3batch Celery app's result backend and hands out Celery AsyncResults.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+from batcher.config import Settings
+from batcher.errors import InputError
+from batcher.models import StagedObject
+from batcher.producer import full_error, prepare_object
+from batcher.staging import FULL, STAGED, Staging, connect
+
+H = TypeVar("H")
+G = TypeVar("G")
+G_co = TypeVar("G_co", covariant=True)
+
+CHUNK_OBJECTS = 500  # objects per staging round trip: one Lua call, a few ms of Redis time
+CHUNK_BYTES = 4 * 1024 * 1024
+FULL_WAIT_S = 30.0  # how long a producer waits for room while staging is full before giving up
+
+Item = tuple[Any, ...] | Mapping[str, Any]
+"""``(key, body)``, ``(key, body, content_type)``, ``(key, body, content_type, metadata)`` or a mapping with
+those names."""
+
+
+class ResultChannel(Protocol[H, G_co]):
+    """Stores the states of directly staged objects and makes the handles their callers wait on."""
+
+    def staged(self, objects: Sequence[StagedObject]) -> None:
+        """Store STAGED for each object (one round trip for all of them where the backend allows)."""
+
+    def refused(self, record_id: str, error: Exception) -> None:
+        """Store FAILURE for an object that was never staged."""
+
+    def handle(self, record_id: str) -> H:
+        """A handle with ``state``, ``ready()`` and ``get(timeout)``."""
+
+    def group(self, handles: list[H]) -> G_co:
+        """Handles a caller can wait for together, without a round trip per object."""
+
+    def request_flush(self) -> None:
+        """Ask a worker to flush now: a batch has reached its size or count."""
+
+
+class Batcher(Generic[H, G]):
+    """Stages objects from this process; ``put_objects`` keeps the order of its items.
+
+    Use one Batcher per process (it holds a Redis connection pool); it is safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        channel: ResultChannel[H, G] | None = None,
+        full_wait_s: float = FULL_WAIT_S,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.staging = Staging(connect(self.settings.redis_url))
+        self.channel: ResultChannel[H, G] = channel or _celery_channel()
+        self.full_wait_s = full_wait_s
+
+    def put_object(
+        self, key: str, body: bytes, content_type: str | None = None, metadata: Mapping[str, str] | None = None
+    ) -> H:
+        """Stage one object and return its handle (STAGED now, SUCCESS with the BatchRef dict once uploaded).
+
+        Raises an InputError subclass for bad input, StagingFullError when staging stays full for
+        ``full_wait_s``, StagingError when Redis fails.
+        """
+        obj = prepare_object(self.settings, _new_id(), key, body, content_type, metadata)
+        if self._stage([obj]):
+            raise full_error(self.settings, self.staging, obj)
+        return self.channel.handle(obj.record_id)
+
+    def put_objects(self, items: Iterable[Item]) -> G:
+        """Stage many objects in order, a few hundred per round trip, and return their handles as one group.
+
+        An item with bad input gets a FAILURE result saying why and stages nothing; the others go on.
+        Raises StagingFullError when staging stays full for ``full_wait_s`` (its ``accepted`` holds the group
+        of the objects staged before it; they will be uploaded), StagingError when Redis fails.
+        """
+        handles: list[tuple[str, H]] = []
+        for chunk in _chunks(self._prepared(items, handles)):
+            left = self._stage(chunk)
+            if left:
+                unstaged = {obj.record_id for obj in left}
+                error = full_error(self.settings, self.staging, left[0])
+                error.accepted = self.channel.group([h for record_id, h in handles if record_id not in unstaged])
+                raise error
+        return self.channel.group([h for _, h in handles])
+
+    def close(self) -> None:
+        """Release the Redis connections."""
+        self.staging.client.close()
+
+    def __enter__(self) -> Batcher[H, G]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _prepared(self, items: Iterable[Item], handles: list[tuple[str, H]]) -> Iterator[StagedObject]:
+        for index, item in enumerate(items):
+            record_id = _new_id()
+            handles.append((record_id, self.channel.handle(record_id)))
+            try:
+                key, body, content_type, metadata = _unpack(index, item)
+                yield prepare_object(self.settings, record_id, key, body, content_type, metadata)
+            except InputError as exc:
+                self.channel.refused(record_id, exc)
+
+    def _stage(self, objects: Sequence[StagedObject]) -> list[StagedObject]:
+        """Stage ``objects`` in order, waiting up to ``full_wait_s`` for room while staging is full; returns
+        the objects still not staged then (a suffix of ``objects``)."""
+        pending = list(objects)
+        deadline = time.monotonic() + self.full_wait_s
+        pause = 0.05
+        while pending:
+            outcome = self.staging.stage(
+                pending,
+                max_staged_bytes=self.settings.max_staged_bytes,
+                max_batch_bytes=self.settings.max_batch_bytes,
+                max_batch_objects=self.settings.max_batch_objects,
+            )
+            refused_from = next((i for i, s in enumerate(outcome.statuses) if s == FULL), len(pending))
+            self.channel.staged([o for o, s in zip(pending, outcome.statuses, strict=True) if s == STAGED])
+            if outcome.flush_wanted:
+                self.channel.request_flush()
+            pending = pending[refused_from:]
+            if pending:
+                if time.monotonic() >= deadline:
+                    return pending
+                time.sleep(pause)
+                pause = min(1.0, pause * 2)
+        return []
+
+
+def _chunks(objects: Iterable[StagedObject]) -> Iterator[list[StagedObject]]:
+    chunk: list[StagedObject] = []
+    size = 0
+    for obj in objects:
+        chunk.append(obj)
+        size += obj.size
+        if len(chunk) >= CHUNK_OBJECTS or size >= CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+def _unpack(index: int, item: Item) -> tuple[Any, Any, Any, Any]:
+    """(key, body, content_type, metadata) of one put_objects item; raises InputError for another shape."""
+    if isinstance(item, Mapping):
+        unknown = set(item) - {"key", "body", "content_type", "metadata"}
+        if unknown or "key" not in item or "body" not in item:
+            raise InputError(
+                f"put_objects item {index} must have 'key' and 'body' and at most 'content_type' and 'metadata'; "
+                f"it has {sorted(item)}"
+            )
+        return item["key"], item["body"], item.get("content_type"), item.get("metadata")
+    if isinstance(item, tuple) and 2 <= len(item) <= 4:
+        key, body, content_type, metadata = (*item, None, None)[:4]
+        return key, body, content_type, metadata
+    raise InputError(
+        f"put_objects item {index} is a {type(item).__name__}; give (key, body[, content_type[, metadata]]) "
+        "or a mapping with those names"
+    )
+
+
+def _new_id() -> str:
+    """A record id in the form of a Celery task id, so that the record's result is an ordinary task result."""
+    return str(uuid.uuid4())
+
+
+def _celery_channel() -> Any:
+    # The default channel is the Celery adapter's; imported here so that the library itself never needs Celery.
+    from workers.direct import CeleryChannel
+
+    return CeleryChannel()

@@ -1,0 +1,115 @@
+"""Waiting for thousands of results at once without a round trip per result.
+
+Celery's ``ResultSet.join_native`` on the Redis backend subscribes, reads and
+unsubscribes result by result (measured: 2.5 s for 10,000 results that were already
+SUCCESS). ``BulkResultSet`` keeps its interface and its answers but subscribes to a
+thousand result channels per command, reads every stored state with MGET, then
+only listens for the results still missing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from celery import states
+from celery.backends.redis import RedisBackend
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import ResultSet
+
+_CHUNK = 1000
+_RECHECK_S = 1.0  # re-read what is still pending this often, in case a notification was missed
+
+
+class BulkResultSet(ResultSet):
+    """A ResultSet whose ``join_native`` (and so ``get``) waits for all its results in bulk on Redis."""
+
+    def join_native(
+        self,
+        timeout: float | None = None,
+        propagate: bool = True,
+        interval: float = 0.5,
+        callback: Callable[[str, Any], None] | None = None,
+        no_ack: bool = True,
+        on_message: Any = None,
+        on_interval: Any = None,
+        disable_sync_subtasks: bool = True,
+    ) -> list[Any]:
+        backend = self.backend
+        if not isinstance(backend, RedisBackend) or on_message is not None or on_interval is not None:
+            return super().join_native(
+                timeout, propagate, interval, callback, no_ack, on_message, on_interval, disable_sync_subtasks
+            )
+        results: list[Any] = list(self.results or [])
+        position = {result.id: i for i, result in enumerate(results)}
+        values: list[Any] = [None] * len(results)
+        for result in _wait_all(backend, results, timeout):
+            meta = result._cache
+            if propagate and meta["status"] in states.PROPAGATE_STATES:
+                raise meta["result"]
+            if callback is not None:
+                callback(result.id, meta["result"])
+            else:
+                values[position[result.id]] = meta["result"]
+        return values  # with a callback the values went to it
+
+
+def _wait_all(backend: RedisBackend, results: list[Any], timeout: float | None) -> Iterator[Any]:
+    """Yield each result once it is ready (its meta cached on it), in the order they become ready."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending: dict[bytes, Any] = {}
+    for result in results:
+        if result._cache is not None and result._cache["status"] in states.READY_STATES:
+            yield result
+        else:
+            pending[_as_bytes(backend.get_key_for_task(result.id))] = result
+    if not pending:
+        return
+    client: Any = backend.client
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    try:
+        keys = list(pending)
+        for start in range(0, len(keys), _CHUNK):
+            pubsub.subscribe(*keys[start : start + _CHUNK])
+        # Subscribed first, read second: a result stored in between is in the read or in a message.
+        yield from _read_ready(backend, client, pending)
+        recheck = time.monotonic() + _RECHECK_S
+        while pending:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise CeleryTimeoutError(f"{len(pending)} of {len(results)} results were not ready in {timeout} s")
+            if now >= recheck:
+                yield from _read_ready(backend, client, pending)
+                recheck = now + _RECHECK_S
+                continue
+            wait = recheck - now if deadline is None else min(recheck, deadline) - now
+            message = pubsub.get_message(timeout=max(0.0, wait))
+            if message is None or message["type"] != "message":
+                continue
+            key = _as_bytes(message["channel"])
+            if key in pending and _cache_if_ready(backend, pending[key], message["data"]):
+                yield pending.pop(key)
+    finally:
+        pubsub.close()
+
+
+def _read_ready(backend: RedisBackend, client: Any, pending: dict[bytes, Any]) -> Iterator[Any]:
+    keys = list(pending)
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        for key, payload in zip(chunk, client.mget(chunk), strict=True):
+            if payload is not None and _cache_if_ready(backend, pending[key], payload):
+                yield pending.pop(key)
+
+
+def _cache_if_ready(backend: RedisBackend, result: Any, payload: bytes | str) -> bool:
+    meta = backend.decode_result(_as_bytes(payload))
+    if meta["status"] not in states.READY_STATES:
+        return False
+    result._set_cache(meta)  # what AsyncResult.get() reads, so a later get() costs no round trip
+    return True
+
+
+def _as_bytes(key: bytes | str) -> bytes:
+    return key.encode() if isinstance(key, str) else key
