@@ -12,6 +12,7 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,6 +81,7 @@ class Flusher:
         results: ResultSink,
         *,
         checkpoint: Callable[[str], None] = lambda point: None,
+        parallel: int = 2,
     ) -> None:
         self.settings = settings
         self.bucket = settings.require_bucket()
@@ -88,20 +90,39 @@ class Flusher:
         self.results = results
         self.lease_ms = int(settings.lease_s * 1000)
         self.checkpoint = checkpoint
+        self.parallel = parallel
 
     def flush(self, *, force: bool = False, max_batches: int | None = None) -> list[FlushedBatch]:
-        """Finish abandoned or retrying batches, then close and upload every due batch."""
+        """Finish abandoned or retrying batches, then close and upload every due batch.
+
+        Up to ``parallel`` batches are in flight at once, so that one batch's tar is built while the
+        previous one uploads and publishes; a batch is claimed only when a slot is free for it.
+        """
         self.staging.clear_flush_request()
         done: list[FlushedBatch] = []
-        for batch_id in self.staging.expired(_now_ms()):
-            batch = self.staging.take_over(batch_id, _now_ms(), self.lease_ms)
-            if batch is not None:
-                done.append(self.process(batch, recovered=True))
-        while max_batches is None or len(done) < max_batches:
-            batch = self.claim(force=force)
-            if batch is None:
-                break
-            done.append(self.process(batch))
+        running: set[Future[FlushedBatch]] = set()
+
+        def make_room(slots: int) -> None:
+            nonlocal running
+            while len(running) > slots:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                done.extend(future.result() for future in finished)
+
+        with ThreadPoolExecutor(self.parallel, thread_name_prefix="s3batch-flush") as pool:
+            try:
+                for batch_id in self.staging.expired(_now_ms()):
+                    make_room(self.parallel - 1)
+                    batch = self.staging.take_over(batch_id, _now_ms(), self.lease_ms)
+                    if batch is not None:
+                        running.add(pool.submit(self.process, batch, recovered=True))
+                while max_batches is None or len(done) + len(running) < max_batches:
+                    make_room(self.parallel - 1)
+                    claimed = self.claim(force=force)
+                    if claimed is None:
+                        break
+                    running.add(pool.submit(self.process, claimed))
+            finally:
+                make_room(0)
         return done
 
     def claim(self, *, force: bool = False) -> ClaimedBatch | None:
