@@ -28,14 +28,15 @@ lint: $(BIN)/s3batch
 typecheck: $(BIN)/s3batch
 	$(BIN)/mypy
 
-## throughput and PutObject calls against the naive one-PutObject-per-object loop
+## the benchmark suite (bench/README.md): every scenario, median of 3 runs, writes bench/results/suite.{json,png}
 bench: $(BIN)/s3batch
 	./scripts/ensure-system-packages
-	$(BIN)/python -m bench.end_to_end --json bench/results/end_to_end.json
+	$(BIN)/python -m bench.suite
 
+## a smoke run of the suite: every scenario once with fewer objects, about 2 minutes
 bench-quick: $(BIN)/s3batch
 	./scripts/ensure-system-packages
-	$(BIN)/python -m bench.end_to_end --quick
+	$(BIN)/python -m bench.suite --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -43,5 +43,6 @@ def test_flower_sees_staged_then_succeeded(stack: Stack) -> None:
         time.sleep(0.1)
     mine: list[Any] = [e[0] for e in seen if e[1] == result.id]
     assert mine.index("task-staged") < mine.index("task-succeeded")
+    assert mine.count("task-succeeded") == 1  # the worker announces no success of its own at staging time
     stop.set()
     listener.join(5)

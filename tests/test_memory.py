@@ -1,6 +1,6 @@
 """Guarantee 6, Bounded: flushing a 512 MiB batch keeps the flushing process far below 512 MiB.
 
-The flush runs in a fresh subprocess (tests/flush_rss_probe.py) so that its peak RSS is its own:
+The flush runs in a fresh subprocess (bench/flush_probe.py) so that its peak RSS is its own:
 the tar is spooled to disk, staged bodies come from Redis in bounded chunks, and the batch goes
 up as a multipart upload one part at a time. The peak is the probe's own VmHWM: its ru_maxrss
 would include this pytest process's peak (Linux keeps it across exec), see the probe.
@@ -65,7 +65,7 @@ def test_flush_of_512_mib_batch_keeps_peak_rss_bounded(stack: Stack, s3_server: 
     staged_s = time.monotonic() - started
 
     command = [
-        sys.executable, "-m", "tests.flush_rss_probe",
+        sys.executable, "-m", "bench.flush_probe",
         "--redis-url", stack.settings.redis_url,
         "--bucket", str(stack.settings.bucket),
         "--endpoint", s3_server.endpoint_url,

@@ -1,7 +1,7 @@
 """Celery canvas for put_object: links, chains, chords and errbacks fire when its batch is decided.
 
-``put_object`` ends in ``Ignore`` (its result comes later, from the flush), and an
-ignored task fires no callback by itself. So the task records what Celery would
+``put_object`` returns once its object is staged, but its result comes later, from the
+flush, and so must its callbacks. So the task records what Celery would
 have used, its request's callbacks, errbacks, chain and chord, as a small JSON
 context staged with the object; the flush hands it back, and this module does
 what Celery's tracer does after a task returns or raises.

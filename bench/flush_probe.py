@@ -2,7 +2,7 @@
 
 Run as a subprocess so that the peak RSS is the flush's own, not the test runner's:
 
-    python -m tests.flush_rss_probe --redis-url URL --bucket B --endpoint URL [--ref-every K]
+    python -m bench.flush_probe --redis-url URL --bucket B --endpoint URL [--ref-every K]
 
 Prints one JSON object: the flushed batches (objects, bytes, tar_bytes, seconds, key), MB/s,
 the RSS just before the flush and the process's peak RSS (both in MiB), and, with
@@ -77,6 +77,17 @@ def ru_maxrss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def probe_settings(bucket: str, redis_url: str) -> Settings:
+    """Limits that hold a whole 512 MiB batch of 4 MiB objects; stage with these too (one batch, no refusal)."""
+    return Settings(
+        bucket=bucket,
+        redis_url=redis_url,
+        max_batch_bytes=1024 * MIB,
+        max_object_bytes=8 * MIB,
+        max_staged_bytes=2048 * MIB,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis-url", required=True)
@@ -85,13 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ref-every", type=int, default=0, help="keep the ref of every K-th object (0: none)")
     args = parser.parse_args(argv)
 
-    settings = Settings(
-        bucket=args.bucket,
-        redis_url=args.redis_url,
-        max_batch_bytes=1024 * MIB,
-        max_object_bytes=8 * MIB,
-        max_staged_bytes=2048 * MIB,
-    )
+    settings = probe_settings(args.bucket, args.redis_url)
     sink = CountingSink(args.ref_every)
     flusher = Flusher(settings, Staging(connect(args.redis_url)), Uploader(s3_client(endpoint_url=args.endpoint)), sink)
     flusher.uploader.client.list_objects_v2(Bucket=args.bucket, MaxKeys=1)  # connection and lazy imports
