@@ -6,7 +6,6 @@ and batch membership stay consistent with any number of producers and flushes.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import secrets
 from collections.abc import Iterator, Sequence
@@ -201,7 +200,10 @@ class Staging:
             for entry, head, (body,) in zip(entries[start:end], heads[start:end], rows, strict=True):
                 if body is None:
                     raise _missing(entry)
-                yield dataclasses.replace(head, body=body)
+                yield StagedObject(
+                    head.record_id, head.object_key, body, head.staged_ms, head.sha256, head.content_type,
+                    head.metadata, head.context,
+                )  # fmt: skip
             start = end
 
     def _read(self, entries: Sequence[QueueEntry], fields: list[str]) -> list[list[bytes | None]]:

@@ -98,12 +98,13 @@ _USTAR_MIDDLE = b"%07o\0" + b"0000000\0" * 2 + b"%011o\0%011o\0"
 # After the checksum and type flag: empty linkname, magic "ustar\0" version "00", empty uname, gname,
 # device numbers and prefix, and the block's padding.
 _USTAR_END = bytes(100) + tarfile.POSIX_MAGIC + bytes(32 + 32 + 8 + 8 + 155 + 12)
+_CHECKSUM_BASE = sum(b"        ") + sum(_USTAR_END)  # the checksum field counts as eight spaces
 
 
 def _ustar(name: bytes, mode: int, size: int, mtime: int, typeflag: bytes) -> bytes:
     """One ustar header block as tarfile writes it (checksum as six octal digits, NUL, space)."""
     head = name.ljust(_NAME_FIELD, b"\0") + _USTAR_MIDDLE % (mode, size, mtime)
-    checksum = sum(head) + sum(b"        ") + typeflag[0] + sum(_USTAR_END)
+    checksum = sum(head) + _CHECKSUM_BASE + typeflag[0]
     return head + b"%06o\0 " % checksum + typeflag + _USTAR_END
 
 

@@ -91,14 +91,16 @@ class ResultWriter:
     def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
         """Store SUCCESS with each ref's dict, then run the canvas of the records that have one."""
         self._write([(task_id, states.SUCCESS, ref.to_dict()) for task_id, ref in refs], unless_final=False)
-        self._send_events("task-succeeded", [(task_id, {"result": repr(ref.to_dict())}) for task_id, ref in refs])
+        if self.app.conf.worker_send_task_events:
+            self._send_events("task-succeeded", [(task_id, {"result": repr(ref.to_dict())}) for task_id, ref in refs])
         for task_id, ref in refs:
             if task_id in contexts:
                 canvas.on_success(self.app, task_id, ref.to_dict(), contexts[task_id])
 
     def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
         """Store FAILURE with ``error`` (rebuilt as its class by the caller's ``get()``); run errbacks."""
-        self._send_events("task-failed", [(task_id, {"exception": repr(error)}) for task_id in record_ids])
+        if self.app.conf.worker_send_task_events:
+            self._send_events("task-failed", [(task_id, {"exception": repr(error)}) for task_id in record_ids])
         encoded = self.backend.prepare_exception(error)
         self._write(
             [(task_id, states.FAILURE, encoded) for task_id in record_ids if task_id not in contexts], unless_final=True
@@ -108,9 +110,7 @@ class ResultWriter:
                 canvas.on_failure(self.app, task_id, error, contexts[task_id])
 
     def _send_events(self, event: str, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """With task events on (worker_send_task_events), tell monitors such as Flower the final state."""
-        if not self.app.conf.worker_send_task_events:
-            return
+        """Tell monitors such as Flower the final state (callers check worker_send_task_events first)."""
         with self.app.events.default_dispatcher() as dispatcher:
             for task_id, fields in items:
                 dispatcher.send(event, uuid=task_id, **fields)
