@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from batcher.config import Settings
-from batcher.errors import InputError
+from batcher.errors import InputError, StagingError
 from batcher.models import StagedObject
 from batcher.producer import full_error, prepare_object
 from batcher.staging import FULL, STAGED, Staging, connect
@@ -66,7 +66,7 @@ class Batcher(Generic[H, G]):
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.staging = Staging(connect(self.settings.redis_url))
-        self.channel: ResultChannel[H, G] = channel or _celery_channel()
+        self.channel: ResultChannel[H, G] = channel or _celery_channel(self.settings)
         self.full_wait_s = full_wait_s
 
     def put_object(
@@ -74,11 +74,11 @@ class Batcher(Generic[H, G]):
     ) -> H:
         """Stage one object and return its handle (STAGED now, SUCCESS with the BatchRef dict once uploaded).
 
-        Raises an InputError subclass for bad input, StagingFullError when staging stays full for
-        ``full_wait_s``, StagingError when Redis fails.
+        Raises an InputError subclass for bad input, StagingFullError when staging has no room for
+        ``full_wait_s`` in a row, StagingError when Redis (staging or the result backend) fails.
         """
         obj = prepare_object(self.settings, _new_id(), key, body, content_type, metadata)
-        if self._stage([obj]):
+        if self._stage([obj], set()):
             raise full_error(self.settings, self.staging, obj)
         return self.channel.handle(obj.record_id)
 
@@ -86,17 +86,21 @@ class Batcher(Generic[H, G]):
         """Stage many objects in order, a few hundred per round trip, and return their handles as one group.
 
         An item with bad input gets a FAILURE result saying why and stages nothing; the others go on.
-        Raises StagingFullError when staging stays full for ``full_wait_s`` (its ``accepted`` holds the group
-        of the objects staged before it; they will be uploaded), StagingError when Redis fails.
+        Raises StagingFullError when staging has no room for ``full_wait_s`` in a row, StagingError when Redis
+        (staging or the result backend) fails; either way its ``accepted`` holds the results of the items before
+        the first one not staged, in input order (staged ones will be uploaded; refused ones have FAILURE).
         """
         handles: list[tuple[str, H]] = []
-        for chunk in _chunks(self._prepared(items, handles)):
-            left = self._stage(chunk)
-            if left:
-                unstaged = {obj.record_id for obj in left}
-                error = full_error(self.settings, self.staging, left[0])
-                error.accepted = self.channel.group([h for record_id, h in handles if record_id not in unstaged])
-                raise error
+        decided: set[str] = set()  # staged, or refused for bad input
+        try:
+            for chunk in _chunks(self._prepared(items, handles, decided)):
+                left = self._stage(chunk, decided)
+                if left:
+                    raise full_error(self.settings, self.staging, left[0])
+        except StagingError as error:
+            undecided = next((i for i, (record_id, _) in enumerate(handles) if record_id not in decided), None)
+            error.accepted = self.channel.group([h for _, h in handles[:undecided]])
+            raise
         return self.channel.group([h for _, h in handles])
 
     def close(self) -> None:
@@ -109,7 +113,9 @@ class Batcher(Generic[H, G]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _prepared(self, items: Iterable[Item], handles: list[tuple[str, H]]) -> Iterator[StagedObject]:
+    def _prepared(
+        self, items: Iterable[Item], handles: list[tuple[str, H]], decided: set[str]
+    ) -> Iterator[StagedObject]:
         for index, item in enumerate(items):
             record_id = _new_id()
             handles.append((record_id, self.channel.handle(record_id)))
@@ -118,10 +124,11 @@ class Batcher(Generic[H, G]):
                 yield prepare_object(self.settings, record_id, key, body, content_type, metadata)
             except InputError as exc:
                 self.channel.refused(record_id, exc)
+                decided.add(record_id)
 
-    def _stage(self, objects: Sequence[StagedObject]) -> list[StagedObject]:
-        """Stage ``objects`` in order, waiting up to ``full_wait_s`` for room while staging is full; returns
-        the objects still not staged then (a suffix of ``objects``)."""
+    def _stage(self, objects: Sequence[StagedObject], staged: set[str]) -> list[StagedObject]:
+        """Stage ``objects`` in order (adding their ids to ``staged``), asking for flushes and waiting while
+        staging is full; returns the objects still not staged after ``full_wait_s`` without room (a suffix)."""
         pending = list(objects)
         deadline = time.monotonic() + self.full_wait_s
         pause = 0.05
@@ -133,15 +140,18 @@ class Batcher(Generic[H, G]):
                 max_batch_objects=self.settings.max_batch_objects,
             )
             refused_from = next((i for i, s in enumerate(outcome.statuses) if s == FULL), len(pending))
+            staged.update(obj.record_id for obj in pending[:refused_from])
             self.channel.staged([o for o, s in zip(pending, outcome.statuses, strict=True) if s == STAGED])
-            if outcome.flush_wanted:
-                self.channel.request_flush()
             pending = pending[refused_from:]
+            if outcome.flush_wanted or pending:  # full: a flush is what makes room
+                self.channel.request_flush()
             if pending:
                 if time.monotonic() >= deadline:
                     return pending
                 time.sleep(pause)
                 pause = min(1.0, pause * 2)
+                if refused_from:
+                    deadline = time.monotonic() + self.full_wait_s  # room was made: wait afresh
         return []
 
 
@@ -182,8 +192,8 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _celery_channel() -> Any:
+def _celery_channel(settings: Settings) -> Any:
     # The default channel is the Celery adapter's; imported here so that the library itself never needs Celery.
     from workers.direct import CeleryChannel
 
-    return CeleryChannel()
+    return CeleryChannel.for_settings(settings)

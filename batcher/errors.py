@@ -44,12 +44,12 @@ class ContentRefusedError(InputError):
 class StagingError(S3BatchError):
     """Raised when Redis staging cannot take or give back objects."""
 
+    accepted: Any = None
+    """From ``Batcher.put_objects``: the results of the objects it staged before the error; they will be uploaded."""
+
 
 class StagingFullError(StagingError):
     """Raised when staging already holds MAX_STAGED_BYTES (backpressure)."""
-
-    accepted: Any = None
-    """From ``Batcher.put_objects``: the results of the objects it staged before staging stayed full."""
 
 
 class UploadError(S3BatchError):

@@ -180,10 +180,7 @@ class Staging:
         contexts: dict[str, str] = {}
         for start in range(0, len(entries), _READ_CHUNK_OBJECTS):
             chunk = entries[start : start + _READ_CHUNK_OBJECTS]
-            pipe = self.client.pipeline(transaction=False)
-            for entry in chunk:
-                pipe.hget(self.keys.record(entry.record_id), "context")
-            for entry, context in zip(chunk, self._redis("read contexts", pipe.execute), strict=True):
+            for entry, (context,) in zip(chunk, self._read(chunk, ["context"]), strict=True):
                 if context:
                     contexts[entry.record_id] = context.decode()
         return contexts

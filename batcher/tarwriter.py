@@ -2,7 +2,8 @@
 
 The same staged objects always give the same bytes: member order is staging
 order, mtimes come from staging time, owner and mode are fixed. Headers are
-encoded by Python's ``tarfile``; bodies are written straight to the spool so
+those of Python's ``tarfile`` (PAX_FORMAT; an object's are built by hand, byte for
+byte the same, since they are built once per object); bodies are written straight to the spool so
 that each member's data offset is known exactly. After the objects come the
 batch's index and trailer (see batcher.index), then the end-of-archive blocks.
 """

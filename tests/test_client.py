@@ -12,6 +12,7 @@ from celery.result import AsyncResult, ResultSet
 
 from batcher import Batcher, BatchReader, BatchRef
 from batcher.errors import (
+    ConfigError,
     InputError,
     InvalidBodyError,
     InvalidKeyError,
@@ -144,6 +145,31 @@ def test_put_objects_gives_up_when_staging_stays_full(stack: Stack) -> None:
     refs = refs_of(accepted)
     assert [ref.object_key for ref in refs] == [key for key, _ in objects[:10]]
     assert [BatchReader(stack.s3).get(ref) for ref in refs] == [body for _, body in objects[:10]]
+
+
+def test_accepted_holds_the_decided_items_in_input_order(stack: Stack) -> None:
+    """Bad items before the point where staging stayed full are in ``accepted`` too, with their FAILURE."""
+    settings = dataclasses.replace(
+        stack.settings, max_staged_bytes=4 * 1024, max_batch_bytes=4 * 1024, max_object_bytes=1024
+    )
+    items: list[Any] = [("a", b"x" * 1024), ("", b"bad key"), ("b", b"y" * 1024), ("c", b"z" * 1024)]
+    items += [(f"late/{i}", b"w" * 1024) for i in range(5)]
+    with (
+        Batcher(settings, full_wait_s=0.2) as batcher,
+        pytest.raises(StagingFullError) as caught,
+    ):
+        batcher.put_objects(items)
+    accepted = caught.value.accepted.results
+    assert [r.state for r in accepted] == ["STAGED", "FAILURE", "STAGED", "STAGED", "STAGED"]
+    assert accepted[4].info["object_key"] == "late/0"
+
+
+def test_a_batcher_whose_redis_is_not_the_result_backend_is_refused(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CELERY_RESULT_BACKEND")
+    with pytest.raises(ConfigError, match="workers would publish them where no one waits"):
+        Batcher(stack.settings)
 
 
 def test_full_batches_are_flushed_on_request_without_beat(stack: Stack) -> None:

@@ -14,7 +14,7 @@ from celery.result import AsyncResult, ResultSet
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from batcher.client import Batcher
-from batcher.errors import S3BatchError
+from batcher.errors import S3BatchError, StagingError
 
 
 def walk(paths: Sequence[Path]) -> Iterator[tuple[Path, str]]:
@@ -31,9 +31,12 @@ def walk(paths: Sequence[Path]) -> Iterator[tuple[Path, str]]:
 
 def put_paths(paths: Sequence[Path], *, direct: bool, refs_out: Path | None, progress: bool) -> int:
     """Stage every file, wait for every batch, write refs; returns 1 when any file failed."""
+    from workers.app import app
+    from workers.bulkwait import BulkResultSet
     from workers.tasks import put_object
 
     failed: dict[Path, str] = {}
+    stopped = ""
     started = time.monotonic()
     files = list(walk(paths))
     with tqdm(desc="staging", unit="B", unit_scale=True, disable=not progress) as bar:
@@ -45,12 +48,17 @@ def put_paths(paths: Sequence[Path], *, direct: bool, refs_out: Path | None, pro
 
         if direct:
             with Batcher[AsyncResult[Any], ResultSet]() as batcher:
-                results: list[AsyncResult[Any]] = batcher.put_objects(read(f, k) for f, k in files).results or []
+                try:
+                    results: list[AsyncResult[Any]] = batcher.put_objects(read(f, k) for f, k in files).results or []
+                except StagingError as exc:  # the files before it are decided (staged ones land); the rest failed
+                    results = exc.accepted.results if exc.accepted is not None else []
+                    stopped = str(exc)
         else:
             results = [put_object.delay(*read(f, k)) for f, k in files]
-    sent = {result.id: file for result, (file, _) in zip(results, files, strict=True)}
+    sent = {result.id: file for result, (file, _) in zip(results, files, strict=False)}  # in input order
+    failed.update({file: f"not staged: {stopped}" for file, _ in files[len(results) :]})
     with tqdm(total=len(results), desc="uploaded", unit="obj", disable=not progress) as bar:
-        ResultSet(results).join_native(propagate=False, callback=lambda task_id, value: bar.update(1))
+        BulkResultSet(results, app=app).join_native(propagate=False, callback=lambda task_id, value: bar.update(1))
     out = refs_out.open("w") if refs_out else None
     try:
         for result in results:

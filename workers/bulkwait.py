@@ -16,11 +16,14 @@ from typing import Any, cast
 from celery import states
 from celery.backends.redis import RedisBackend
 from celery.exceptions import TimeoutError as CeleryTimeoutError
-from celery.result import ResultSet
+from celery.result import ResultSet, assert_will_not_block  # type: ignore[attr-defined]  # not in celery-types
 from vine import barrier
 
 _CHUNK = 1000
-_RECHECK_S = 1.0  # re-read what is still pending this often, in case a notification was missed
+# Re-read what is still pending after 1 s without its notification, then 2, 4 ... 30 s: a safety net for a
+# notification missed (a reconnect), not a poll.
+_RECHECK_FIRST_S = 1.0
+_RECHECK_MAX_S = 30.0
 
 
 class BulkResultSet(ResultSet):
@@ -53,11 +56,15 @@ class BulkResultSet(ResultSet):
         on_interval: Any = None,
         disable_sync_subtasks: bool = True,
     ) -> list[Any]:
+        """Celery's ``ResultSet.join_native``, in bulk on the Redis backend; with a ``callback`` the values go to it
+        (and the returned list holds None)."""
         backend = self.backend
         if not isinstance(backend, RedisBackend) or on_message is not None or on_interval is not None:
             return super().join_native(
                 timeout, propagate, interval, callback, no_ack, on_message, on_interval, disable_sync_subtasks
             )
+        if disable_sync_subtasks:
+            assert_will_not_block()  # as Celery's own: waiting inside a task can starve the flush it waits for
         results: list[Any] = list(self.results or [])
         position = {result.id: i for i, result in enumerate(results)}
         values: list[Any] = [None] * len(results)
@@ -69,7 +76,7 @@ class BulkResultSet(ResultSet):
                 callback(result.id, meta["result"])
             else:
                 values[position[result.id]] = meta["result"]
-        return values  # with a callback the values went to it
+        return values
 
 
 def _wait_all(backend: RedisBackend, results: list[Any], timeout: float | None) -> Iterator[Any]:
@@ -91,14 +98,16 @@ def _wait_all(backend: RedisBackend, results: list[Any], timeout: float | None) 
             pubsub.subscribe(*keys[start : start + _CHUNK])
         # Subscribed first, read second: a result stored in between is in the read or in a message.
         yield from _read_ready(backend, client, pending)
-        recheck = time.monotonic() + _RECHECK_S
+        every = _RECHECK_FIRST_S
+        recheck = time.monotonic() + every
         while pending:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise CeleryTimeoutError(f"{len(pending)} of {len(results)} results were not ready in {timeout} s")
             if now >= recheck:
                 yield from _read_ready(backend, client, pending)
-                recheck = now + _RECHECK_S
+                every = min(_RECHECK_MAX_S, every * 2)
+                recheck = time.monotonic() + every
                 continue
             wait = recheck - now if deadline is None else min(recheck, deadline) - now
             message = pubsub.get_message(timeout=max(0.0, wait))

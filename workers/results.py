@@ -1,9 +1,9 @@
-"""Writes task states into Celery's result backend on behalf of the flush.
+"""Writes task states into Celery's result backend on behalf of the staging task and the flush.
 
-On the Redis backend, SUCCESS for a whole batch goes out in pipelined round
-trips (SET + PUBLISH per task, exactly what the backend itself does, so every
-waiting ``AsyncResult.get()`` wakes at once); STAGED is written by a tiny Lua
-script that never replaces a final state. Other backends get the generic calls.
+On the Redis backend every write is one Lua call per few hundred tasks that does what the
+backend itself does per task (SET with the result's expiry, then PUBLISH, so that every
+waiting ``AsyncResult.get()`` wakes at once); STAGED and FAILURE never replace a final state.
+Other backends get the generic calls.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ class ResultWriter:
     def __init__(self, app: Celery) -> None:
         self.app = app
         self.backend: Any = cast(Any, app.backend)  # celery-types does not describe RedisBackend's client and keys
-        self._redis = isinstance(self.backend, RedisBackend)
-        self._write_script = self.backend.client.register_script(_WRITE) if self._redis else None
+        redis_backend = isinstance(self.backend, RedisBackend)
+        self._write_script = self.backend.client.register_script(_WRITE) if redis_backend else None
         # Plain JSON is what the backend's own encoder writes for these JSON-safe results, at a third of the cost
         # (it runs once per object); any other serializer or a compression goes through the backend.
         self._plain_json = self.backend.serializer == "json" and not self.backend.compression
