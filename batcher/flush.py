@@ -30,6 +30,9 @@ from batcher.uploader import Uploader
 log = logging.getLogger(__name__)
 
 PUBLISH_CHUNK = 1000
+# Batches of at least this many bytes are flushed one at a time, so that a flush's memory stays that of one
+# batch (read chunk, in-memory spool and multipart part, each at its cap); smaller ones overlap by two.
+ALONE_BYTES = 16 * 1024 * 1024
 MAX_BACKOFF_S = 60.0
 
 
@@ -96,7 +99,8 @@ class Flusher:
         """Finish abandoned or retrying batches, then close and upload every due batch.
 
         Up to ``parallel`` batches are in flight at once, so that one batch's tar is built while the
-        previous one uploads and publishes; a batch is claimed only when a slot is free for it.
+        previous one uploads and publishes; a batch is claimed only when a slot is free for it, and one of
+        ALONE_BYTES or more is flushed alone.
         """
         self.staging.clear_flush_request()
         done: list[FlushedBatch] = []
@@ -109,18 +113,26 @@ class Flusher:
                 done.extend(future.result() for future in finished)
 
         with ThreadPoolExecutor(self.parallel, thread_name_prefix="s3batch-flush") as pool:
+
+            def start(batch: ClaimedBatch, *, recovered: bool = False) -> None:
+                alone = batch.size_bytes >= ALONE_BYTES  # a big batch's buffers are at their caps: one at a time
+                make_room(0 if alone else self.parallel - 1)
+                running.add(pool.submit(self.process, batch, recovered=recovered))
+                if alone:
+                    make_room(0)
+
             try:
                 for batch_id in self.staging.expired(_now_ms()):
                     make_room(self.parallel - 1)
                     batch = self.staging.take_over(batch_id, _now_ms(), self.lease_ms)
                     if batch is not None:
-                        running.add(pool.submit(self.process, batch, recovered=True))
+                        start(batch, recovered=True)
                 while max_batches is None or len(done) + len(running) < max_batches:
                     make_room(self.parallel - 1)
                     claimed = self.claim(force=force)
                     if claimed is None:
                         break
-                    running.add(pool.submit(self.process, claimed))
+                    start(claimed)
             finally:
                 make_room(0)
         return done
