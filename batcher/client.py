@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Generic, Protocol, TypeVar
 
 from batcher.config import Settings
@@ -92,16 +93,28 @@ class Batcher(Generic[H, G]):
         """
         handles: list[tuple[str, H]] = []
         decided: set[str] = set()  # staged, or refused for bad input
-        try:
-            for chunk in _chunks(self._prepared(items, handles, decided)):
-                left = self._stage(chunk, decided)
-                if left:
-                    raise full_error(self.settings, self.staging, left[0])
-        except StagingError as error:
-            undecided = next((i for i, (record_id, _) in enumerate(handles) if record_id not in decided), None)
-            error.accepted = self.channel.group([h for _, h in handles[:undecided]])
-            raise
+        # One chunk is staged by a thread while the next is validated and hashed here: the Redis round trip and
+        # its scripts' run overlap with the Python work (one stager keeps the chunks in order).
+        staging: Future[list[StagedObject]] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="s3batch-stage") as stager:
+            try:
+                for chunk in _chunks(self._prepared(items, handles, decided)):
+                    if staging is not None:
+                        self._raise_if_left(staging.result())
+                    staging = stager.submit(self._stage, chunk, decided)
+                if staging is not None:
+                    self._raise_if_left(staging.result())
+            except StagingError as error:
+                if staging is not None:
+                    wait([staging])  # ``decided`` is complete once the stager is done
+                undecided = next((i for i, (record_id, _) in enumerate(handles) if record_id not in decided), None)
+                error.accepted = self.channel.group([h for _, h in handles[:undecided]])
+                raise
         return self.channel.group([h for _, h in handles])
+
+    def _raise_if_left(self, left: list[StagedObject]) -> None:
+        if left:
+            raise full_error(self.settings, self.staging, left[0])
 
     def close(self) -> None:
         """Release the Redis connections."""

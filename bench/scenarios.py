@@ -62,8 +62,8 @@ class Plan:
     flush_objects: int = 128
     flush_object_bytes: int = 4 * MIB
     sizes: tuple[SizePlan, ...] = (
-        SizePlan(100, naive=2_000, delay=5_000, batcher=10_000),
-        SizePlan(10 * KIB, naive=2_000, delay=5_000, batcher=10_000),
+        SizePlan(100, naive=2_000, delay=5_000, batcher=50_000),
+        SizePlan(10 * KIB, naive=2_000, delay=5_000, batcher=20_000),
         SizePlan(MIB, naive=300, delay=300, batcher=300),
     )
 
