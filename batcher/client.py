@@ -188,7 +188,7 @@ def _unpack(index: int, item: Item) -> tuple[Any, Any, Any, Any]:
         if unknown or "key" not in item or "body" not in item:
             raise InputError(
                 f"put_objects item {index} must have 'key' and 'body' and at most 'content_type' and 'metadata'; "
-                f"it has {sorted(item)}"
+                f"it has {sorted(map(str, item))}"
             )
         return item["key"], item["body"], item.get("content_type"), item.get("metadata")
     if isinstance(item, tuple) and 2 <= len(item) <= 4:

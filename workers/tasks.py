@@ -190,7 +190,7 @@ def put_object(
     if flush_wanted:
         flush.apply_async(expires=60)
     if self.request.is_eager:
-        raise Ignore()  # called in-process (task_always_eager, apply()): there is no worker tracer to keep quiet
+        raise Ignore()  # run in-process (apply(), task_always_eager): its EagerResult must not say SUCCESS "staged"
     _leave_outcome_to_flush(self.request)
     return "staged"
 
