@@ -1,7 +1,7 @@
 """Waiting for thousands of results at once without a round trip per result.
 
 Celery's ``ResultSet.join_native`` on the Redis backend subscribes, reads and
-unsubscribes result by result (measured: 2.5 s for 10,000 results that were already
+unsubscribes result by result (under cProfile: 2.5 s for 10,000 results that were already
 SUCCESS). ``BulkResultSet`` keeps its interface and its answers but subscribes to a
 thousand result channels per command, reads every stored state with MGET, then
 only listens for the results still missing.
