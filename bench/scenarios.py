@@ -133,7 +133,7 @@ def finish_s3batch_run(bench: Bench, what: str, sent: Sent, keys: list[str], bod
     tars = tars_of_run(bench.client, bench.services.bucket, sent.values, what, MULTIPART_THRESHOLD_BYTES)
     verified = verify_sample(bench.client, sent.values, keys, bodies, bench.verify, what)
     delete_keys(bench.client, bench.services.bucket, list(tars))
-    done = date_done_by_id(bench.app, [r.id for r in sent.results])
+    done = date_done_by_id(sent.results)
     waited = [done[r.id] - at for r, at in zip(sent.results, sent.sent_at, strict=True)]
     forget(sent)
     return Outcome(
