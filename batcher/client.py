@@ -2,8 +2,8 @@
 
 Validation, staging, the STAGED state and the flush request are exactly those of the
 ``put_object`` task, so the flush completes these objects like any other. Where results
-are stored and how a caller waits for them belongs to a ResultChannel; without one,
-Batcher uses the s3batch Celery app's result backend and hands out Celery AsyncResults.
+are stored and how a caller waits for them belongs to the ResultChannel passed in;
+``workers.Batcher`` is this class bound to the s3batch Celery app's results.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from batcher.config import Settings
-from batcher.errors import InputError, StagingError
+from batcher.errors import ConfigError, InputError, StagingError
 from batcher.models import StagedObject
+from batcher.preflight import check_redis, refuse_cluster
 from batcher.producer import full_error, prepare_object
-from batcher.staging import FULL, STAGED, Staging, connect
+from batcher.staging import FULL, STAGED, Staging
 
 H = TypeVar("H")
 G = TypeVar("G")
@@ -39,7 +40,7 @@ class ResultChannel(Protocol[H, G_co]):
     def staged(self, objects: Sequence[StagedObject]) -> None:
         """Store STAGED for each object (one round trip for all of them where the backend allows)."""
 
-    def refused(self, record_id: str, error: Exception) -> None:
+    def refuse(self, record_id: str, error: Exception) -> None:
         """Store FAILURE for an object that was never staged."""
 
     def handle(self, record_id: str) -> H:
@@ -65,9 +66,19 @@ class Batcher(Generic[H, G]):
         channel: ResultChannel[H, G] | None = None,
         full_wait_s: float = FULL_WAIT_S,
     ) -> None:
+        """Raises ConfigError at once when the staging Redis cannot be used (unreachable, refused credentials)."""
+        if channel is None:
+            raise ConfigError(
+                "batcher.Batcher needs the result channel its callers wait on: use workers.Batcher for Celery "
+                "results, or pass channel="
+            )
         self.settings = settings or Settings.from_env()
-        self.staging = Staging(connect(self.settings.redis_url))
-        self.channel: ResultChannel[H, G] = channel or _celery_channel(self.settings)
+        self.staging = Staging.for_settings(self.settings)
+        info = check_redis(self.staging.client, self.settings.redis_url, "S3BATCH_REDIS_URL")
+        refuse_cluster(
+            info, self.settings.redis_url, "S3BATCH_REDIS_URL", "s3batch staging needs a single Redis for now"
+        )
+        self.channel: ResultChannel[H, G] = channel
         self.full_wait_s = full_wait_s
 
     def put_object(
@@ -80,7 +91,7 @@ class Batcher(Generic[H, G]):
         """
         obj = prepare_object(self.settings, _new_id(), key, body, content_type, metadata)
         if self._stage([obj], set()):
-            raise full_error(self.settings, self.staging, obj)
+            raise full_error(self.staging, obj)
         return self.channel.handle(obj.record_id)
 
     def put_objects(self, items: Iterable[Item]) -> G:
@@ -114,13 +125,13 @@ class Batcher(Generic[H, G]):
 
     def _raise_if_left(self, left: list[StagedObject]) -> None:
         if left:
-            raise full_error(self.settings, self.staging, left[0])
+            raise full_error(self.staging, left[0])
 
     def close(self) -> None:
         """Release the Redis connections."""
         self.staging.client.close()
 
-    def __enter__(self) -> Batcher[H, G]:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -136,7 +147,7 @@ class Batcher(Generic[H, G]):
                 key, body, content_type, metadata = _unpack(index, item)
                 yield prepare_object(self.settings, record_id, key, body, content_type, metadata)
             except InputError as exc:
-                self.channel.refused(record_id, exc)
+                self.channel.refuse(record_id, exc)
                 decided.add(record_id)
 
     def _stage(self, objects: Sequence[StagedObject], staged: set[str]) -> list[StagedObject]:
@@ -146,12 +157,7 @@ class Batcher(Generic[H, G]):
         deadline = time.monotonic() + self.full_wait_s
         pause = 0.05
         while pending:
-            outcome = self.staging.stage(
-                pending,
-                max_staged_bytes=self.settings.max_staged_bytes,
-                max_batch_bytes=self.settings.max_batch_bytes,
-                max_batch_objects=self.settings.max_batch_objects,
-            )
+            outcome = self.staging.stage(pending)
             refused_from = next((i for i, s in enumerate(outcome.statuses) if s == FULL), len(pending))
             staged.update(obj.record_id for obj in pending[:refused_from])
             self.channel.staged([o for o, s in zip(pending, outcome.statuses, strict=True) if s == STAGED])
@@ -203,10 +209,3 @@ def _unpack(index: int, item: Item) -> tuple[Any, Any, Any, Any]:
 def _new_id() -> str:
     """A record id in the form of a Celery task id, so that the record's result is an ordinary task result."""
     return str(uuid.uuid4())
-
-
-def _celery_channel(settings: Settings) -> Any:
-    # The default channel is the Celery adapter's; imported here so that the library itself never needs Celery.
-    from workers.direct import CeleryChannel
-
-    return CeleryChannel.for_settings(settings)

@@ -1,14 +1,26 @@
-"""The one frozen settings object, read from environment variables."""
+"""The one frozen settings object and its one loader.
+
+Every entry point (workers, beat, ``Batcher``, the CLI, the examples) calls
+``Settings.from_env()``: it reads the ``S3BATCH_*`` environment variables, then
+the ``s3batch_<field>`` values of the configuration module named by
+``S3BATCH_CELERY_CONFIG`` (which win), with the same parsing and validation
+for both, and names the variable or setting that is wrong.
+"""
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from batcher.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+CONFIG_MODULE_VARIABLE = "S3BATCH_CELERY_CONFIG"
+MODULE_PREFIX = "s3batch_"
 
 # A multipart upload has at most 10,000 parts of 16 MiB (batcher.uploader.PART_BYTES), and a Redis string
 # holds at most 512 MiB, which bounds one staged object.
@@ -30,15 +42,15 @@ class Settings:
     max_staged_bytes: int = 1024 * 1024 * 1024
     lease_s: float = 30.0
     upload_attempts: int = 5
+    result_expires_s: float = 7 * 24 * 3600.0
+    """How long results (the refs) stay in the result backend: long enough for a producer to store them."""
+    no_worker_timeout_s: float = 60.0
+    """How long s3batch's own waits let a queue go unconsumed before they raise NoWorkerError."""
 
     def __post_init__(self) -> None:
-        _check_positive("S3BATCH_MAX_BATCH_AGE", self.max_batch_age_s)
-        _check_positive("S3BATCH_MAX_BATCH_BYTES", self.max_batch_bytes)
-        _check_positive("S3BATCH_MAX_BATCH_OBJECTS", self.max_batch_objects)
-        _check_positive("S3BATCH_MAX_OBJECT_BYTES", self.max_object_bytes)
-        _check_positive("S3BATCH_MAX_STAGED_BYTES", self.max_staged_bytes)
-        _check_positive("S3BATCH_LEASE_SECONDS", self.lease_s)
-        _check_positive("S3BATCH_UPLOAD_ATTEMPTS", self.upload_attempts)
+        for variable in _VARIABLES:
+            if variable.positive:
+                _check_positive(variable.name, getattr(self, variable.attr))
         if self.max_batch_bytes > _MAX_BATCH_BYTES:
             raise ConfigError(
                 f"S3BATCH_MAX_BATCH_BYTES={self.max_batch_bytes} is above {_MAX_BATCH_BYTES} "
@@ -66,18 +78,20 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read the S3BATCH_* variables; raises ConfigError naming the variable that is wrong."""
+        """The S3BATCH_* variables, then the ``s3batch_<field>`` values of the S3BATCH_CELERY_CONFIG module.
+
+        Raises ConfigError naming the variable or module setting that is wrong.
+        """
         env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for name, attr, parse in _VARIABLES:
-            raw = env.get(name)
-            if raw is None or raw.strip() == "":
-                continue
-            try:
-                values[attr] = parse(raw.strip())
-            except ValueError:
-                raise ConfigError(f"{name}={raw!r} is not a valid {parse.__name__}") from None
-        return cls(**values)  # type: ignore[arg-type]
+        values: dict[str, Any] = {}
+        for variable in _VARIABLES:
+            raw = env.get(variable.name)
+            if raw is not None and raw.strip() != "":
+                values[variable.attr] = variable.parse(raw.strip(), variable.name)
+        module_name = (env.get(CONFIG_MODULE_VARIABLE) or "").strip()
+        if module_name:
+            values.update(_module_values(module_name, load_config_module(module_name)))
+        return cls(**values)
 
     def require_bucket(self) -> str:
         """The bucket, or ConfigError telling how to set it (workers need one)."""
@@ -86,39 +100,92 @@ class Settings:
         return self.bucket
 
 
-def _size(raw: str) -> int:
-    return int(raw.replace("_", ""))
+def load_config_module(name: str) -> dict[str, Any]:
+    """The public lowercase settings of the configuration module ``name``; ConfigError if it cannot be imported."""
+    try:
+        module = importlib.import_module(name)
+    except Exception as exc:  # any failure while importing a user's module is a configuration problem
+        raise ConfigError(f"{CONFIG_MODULE_VARIABLE}={name!r} cannot be imported: {exc!r}") from exc
+    return {key: value for key, value in vars(module).items() if key.islower() and not key.startswith("_")}
 
 
-_size.__name__ = "integer"
+def _module_values(module_name: str, module: Mapping[str, Any]) -> dict[str, Any]:
+    by_setting = {f"{MODULE_PREFIX}{variable.attr}": variable for variable in _VARIABLES}
+    values: dict[str, Any] = {}
+    for setting, value in module.items():
+        if not setting.startswith(MODULE_PREFIX):
+            continue
+        variable = by_setting.get(setting)
+        if variable is None:
+            close = difflib.get_close_matches(setting, by_setting, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else f"; known: {', '.join(sorted(by_setting))}"
+            raise ConfigError(f"{setting} in {CONFIG_MODULE_VARIABLE}={module_name!r} is not an s3batch setting{hint}")
+        where = f"{setting} in {CONFIG_MODULE_VARIABLE}={module_name!r}"
+        values[variable.attr] = variable.parse(value, where)
+    return values
 
 
-def _seconds(raw: str) -> float:
-    return float(raw)
+def _integer(value: object, where: str) -> int:
+    """A whole number from text (``64_000_000`` allowed) or an int; ConfigError naming ``where``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip().replace("_", ""))
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}={value!r} is not a valid integer")
 
 
-_seconds.__name__ = "number of seconds"
+def _seconds(value: object, where: str) -> float:
+    """A number of seconds from text or a number; ConfigError naming ``where``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}={value!r} is not a valid number of seconds")
 
 
-def _text(raw: str) -> str:
-    return raw
+def _text(value: object, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{where}={value!r} must be a string")
 
 
-_text.__name__ = "string"
+@dataclass(frozen=True)
+class _Variable:
+    name: str
+    attr: str
+    parse: Callable[[object, str], Any]
+    positive: bool = True
+
 
 _VARIABLES = (
-    ("S3BATCH_BUCKET", "bucket", _text),
-    ("S3BATCH_PREFIX", "prefix", _text),
-    ("S3BATCH_REDIS_URL", "redis_url", _text),
-    ("S3BATCH_MAX_BATCH_AGE", "max_batch_age_s", _seconds),
-    ("S3BATCH_MAX_BATCH_BYTES", "max_batch_bytes", _size),
-    ("S3BATCH_MAX_BATCH_OBJECTS", "max_batch_objects", _size),
-    ("S3BATCH_MAX_OBJECT_BYTES", "max_object_bytes", _size),
-    ("S3BATCH_MAX_STAGED_BYTES", "max_staged_bytes", _size),
-    ("S3BATCH_LEASE_SECONDS", "lease_s", _seconds),
-    ("S3BATCH_UPLOAD_ATTEMPTS", "upload_attempts", _size),
+    _Variable("S3BATCH_BUCKET", "bucket", _text, positive=False),
+    _Variable("S3BATCH_PREFIX", "prefix", _text, positive=False),
+    _Variable("S3BATCH_REDIS_URL", "redis_url", _text, positive=False),
+    _Variable("S3BATCH_MAX_BATCH_AGE", "max_batch_age_s", _seconds),
+    _Variable("S3BATCH_MAX_BATCH_BYTES", "max_batch_bytes", _integer),
+    _Variable("S3BATCH_MAX_BATCH_OBJECTS", "max_batch_objects", _integer),
+    _Variable("S3BATCH_MAX_OBJECT_BYTES", "max_object_bytes", _integer),
+    _Variable("S3BATCH_MAX_STAGED_BYTES", "max_staged_bytes", _integer),
+    _Variable("S3BATCH_LEASE_SECONDS", "lease_s", _seconds),
+    _Variable("S3BATCH_UPLOAD_ATTEMPTS", "upload_attempts", _integer),
+    _Variable("S3BATCH_RESULT_EXPIRES", "result_expires_s", _seconds),
+    _Variable("S3BATCH_NO_WORKER_TIMEOUT", "no_worker_timeout_s", _seconds),
 )
-assert {attr for _, attr, _ in _VARIABLES} == {f.name for f in fields(Settings)}
+assert {variable.attr for variable in _VARIABLES} == {f.name for f in fields(Settings)}
+
+VARIABLES: dict[str, str] = {variable.name: variable.attr for variable in _VARIABLES}
+"""Each S3BATCH_* variable and the Settings field it sets."""
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The S3BATCH_* variables that make another process load ``settings`` (for worker subprocesses)."""
+    return {name: str(getattr(settings, attr) or "") for name, attr in VARIABLES.items()}
 
 
 def _check_positive(name: str, value: float) -> None:

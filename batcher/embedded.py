@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from batcher.errors import ConfigError
 
 LOOPBACK = "127.0.0.1"
@@ -69,6 +71,25 @@ class RedisServer:
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(self.port, "redis-server", self.process)
+        self._wait_loaded()
+
+    def _wait_loaded(self, timeout_s: float = 60) -> None:
+        """Until the server answers commands: after a restart it first loads its append-only file."""
+        client = redis.Redis(host=LOOPBACK, port=self.port)
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise ConfigError(
+                            f"redis-server on port {self.port} still loads its data after {timeout_s} s"
+                        ) from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         """Shut down cleanly (SIGTERM makes Redis flush its append-only file)."""

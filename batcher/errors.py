@@ -41,6 +41,10 @@ class ContentRefusedError(InputError):
     """Raised when a task message is not JSON (pickle and others are refused)."""
 
 
+class NoWorkerError(S3BatchError):
+    """Raised when a producer waits on a queue that no worker has served for S3BATCH_NO_WORKER_TIMEOUT."""
+
+
 class StagingError(S3BatchError):
     """Raised when Redis staging cannot take or give back objects."""
 

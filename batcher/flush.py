@@ -12,18 +12,19 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from batcher import checkpoints
 from batcher.config import Settings
 from batcher.errors import DeadLetterError, PermanentUploadError, UploadError
 from batcher.ids import new_batch_id
-from batcher.models import BatchRef, ClaimedBatch
-from batcher.staging import QueueEntry, Staging
+from batcher.models import BatchRef, ClaimedBatch, StagedObject
+from batcher.staging import Staging
 from batcher.tarwriter import build_tar
 from batcher.uploader import Uploader
 
@@ -39,12 +40,11 @@ MAX_BACKOFF_S = 60.0
 class ResultSink(Protocol):
     """Where the flush reports each object's outcome; both calls must be idempotent."""
 
-    def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
-        """Store SUCCESS with the ref for each (record id, ref); ``contexts`` holds the records' opaque
-        StagedObject.context where they have one."""
+    def publish(self, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
+        """Store SUCCESS with the ref of each object (given as staging holds it, without its body)."""
 
-    def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
-        """Store FAILURE with ``error`` for each record id."""
+    def fail(self, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]) -> None:
+        """Store FAILURE with ``error`` for each record id; ``heads`` holds those staging still describes."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,6 @@ class Flusher:
         uploader: Uploader,
         results: ResultSink,
         *,
-        checkpoint: Callable[[str], None] = lambda point: None,
         parallel: int = 2,
     ) -> None:
         self.settings = settings
@@ -91,8 +90,6 @@ class Flusher:
         self.staging = staging
         self.uploader = uploader
         self.results = results
-        self.lease_ms = int(settings.lease_s * 1000)
-        self.checkpoint = checkpoint
         self.parallel = parallel
 
     def flush(self, *, force: bool = False, max_batches: int | None = None) -> list[FlushedBatch]:
@@ -124,7 +121,7 @@ class Flusher:
             try:
                 for batch_id in self.staging.expired(_now_ms()):
                     make_room(self.parallel - 1)
-                    batch = self.staging.take_over(batch_id, _now_ms(), self.lease_ms)
+                    batch = self.staging.take_over(batch_id, _now_ms())
                     if batch is not None:
                         start(batch, recovered=True)
                 while max_batches is None or len(done) + len(running) < max_batches:
@@ -141,16 +138,8 @@ class Flusher:
         """Claim the next due batch, or None when nothing is due."""
         now_ms = _now_ms()
         batch_id = new_batch_id(now_ms)
-        return self.staging.claim(
-            now_ms=now_ms,
-            batch_id=batch_id,
-            s3_key=batch_key(self.settings.prefix, batch_id, now_ms),
-            max_age_ms=int(self.settings.max_batch_age_s * 1000),
-            max_objects=self.settings.max_batch_objects,
-            max_bytes=self.settings.max_batch_bytes,
-            lease_ms=self.lease_ms,
-            force=force,
-        )
+        s3_key = batch_key(self.settings.prefix, batch_id, now_ms)
+        return self.staging.claim(now_ms=now_ms, batch_id=batch_id, s3_key=s3_key, force=force)
 
     def process(self, batch: ClaimedBatch, *, recovered: bool = False) -> FlushedBatch:
         """Upload a claimed batch, publish its refs and delete it from staging.
@@ -159,30 +148,31 @@ class Flusher:
         FAILURE, records stay) once the retry budget is spent or the failure is permanent.
         """
         started = time.monotonic()
-        self.checkpoint("claimed")
-        entries = self.staging.entries(batch)
+        checkpoints.reached("claimed")
+        heads: list[StagedObject] = []
         tar_bytes = 0
-        if batch.state != "done":
-            try:
+        try:
+            if batch.state != "done":
+                heads = self.staging.heads(batch)
                 with self._lease(batch):  # the renewals stop before a failure sets the backoff
-                    tar_bytes, etag, refs, contexts = self._upload(batch, entries, may_exist=recovered)
-            except UploadError as exc:
-                return self._failed(batch, entries, exc, started, recovered)
-            except Exception as exc:  # a missing record, a broken tar: counted like a failed upload
-                log.exception("s3batch batch %s could not be built or uploaded", batch.batch_id)
-                error = UploadError(f"batch {batch.batch_id} could not be built or uploaded: {exc!r}")
-                return self._failed(batch, entries, error, started, recovered)
+                    tar_bytes, etag, refs = self._upload(batch, heads, may_exist=recovered)
+        except UploadError as exc:
+            return self._failed(batch, heads, exc, started, recovered)
+        except Exception as exc:  # a missing record, a broken tar: counted like a failed upload
+            log.exception("s3batch batch %s could not be built or uploaded", batch.batch_id)
+            error = UploadError(f"batch {batch.batch_id} could not be built or uploaded: {exc!r}")
+            return self._failed(batch, heads, error, started, recovered)
         with self._lease(batch):
             if batch.state != "done":
-                self.checkpoint("uploaded")
+                checkpoints.reached("uploaded")
                 for start in range(0, len(refs), PUBLISH_CHUNK):
-                    self.results.publish(refs[start : start + PUBLISH_CHUNK], contexts)
-                    self.checkpoint("published-chunk")
+                    self.results.publish(refs[start : start + PUBLISH_CHUNK])
+                    checkpoints.reached("published-chunk")
                 if not self.staging.mark_uploaded(batch, etag, tar_bytes, self.uploader.requests_for(tar_bytes)):
                     log.warning("s3batch batch %s was taken over meanwhile; its new holder cleans up", batch.batch_id)
                     return self._report(batch, tar_bytes, started, recovered)
-                self.checkpoint("marked-done")
-            self.staging.delete_records(entries)
+                checkpoints.reached("marked-done")
+            self.staging.delete_records([head.record_id for head in heads] or self.staging.record_ids(batch))
             self.staging.drop(batch)
         report = self._report(batch, tar_bytes, started, recovered)
         log.info(
@@ -194,26 +184,23 @@ class Flusher:
         return report
 
     def _upload(
-        self, batch: ClaimedBatch, entries: Sequence[QueueEntry], *, may_exist: bool
-    ) -> tuple[int, str, list[tuple[str, BatchRef]], dict[str, str]]:
-        heads = self.staging.read_heads(entries)
-        contexts = {head.record_id: head.context for head in heads if head.context}
-        objects = self.staging.read_objects(heads, entries)
+        self, batch: ClaimedBatch, heads: Sequence[StagedObject], *, may_exist: bool
+    ) -> tuple[int, str, list[tuple[StagedObject, BatchRef]]]:
+        objects = self.staging.with_bodies(heads)
         keys = [head.object_key for head in heads]
         with build_tar(keys, objects, batch_id=batch.batch_id, created_ms=batch.created_ms) as tar:
-            self.checkpoint("tar-built")
+            checkpoints.reached("tar-built")
             etag = self.uploader.upload(self.bucket, batch.s3_key, tar, may_exist=may_exist)
         refs = [
-            (m.record_id, BatchRef(self.bucket, batch.s3_key, m.offset, m.size, m.object_key, batch.batch_id,
-                                   etag, m.sha256))
-            for m in tar.members
-        ]  # fmt: skip
-        return tar.size, etag, refs, contexts
+            (head, BatchRef(self.bucket, batch.s3_key, m.offset, m.size, m.key, batch.batch_id, etag, m.sha256))
+            for head, m in zip(heads, tar.members, strict=True)
+        ]
+        return tar.size, etag, refs
 
     def _failed(
         self,
         batch: ClaimedBatch,
-        entries: Sequence[QueueEntry],
+        heads: Sequence[StagedObject],
         exc: UploadError,
         started: float,
         recovered: bool,
@@ -237,9 +224,9 @@ class Flusher:
             f"uploaded after {why}: {exc}. Its objects are kept in Redis; `s3batch retry {batch.batch_id}` "
             "uploads it again"
         )
-        contexts = self.staging.read_contexts(entries)
+        record_ids = [head.record_id for head in heads] or self.staging.record_ids(batch)
         if self.staging.dead_letter(batch, str(exc), now_ms):
-            self.results.fail([entry.record_id for entry in entries], error, contexts)
+            self.results.fail(record_ids, error, {head.record_id: head for head in heads})
             log.error("s3batch %s", error)
         return self._report(batch, 0, started, recovered, str(exc))
 
@@ -257,9 +244,10 @@ class Flusher:
         stop = threading.Event()
 
         def renew() -> None:
-            while not stop.wait(self.lease_ms / 3000):
+            lease_ms = self.staging.limits.lease_ms
+            while not stop.wait(lease_ms / 3000):
                 try:
-                    if not self.staging.renew(batch, _now_ms() + self.lease_ms):
+                    if not self.staging.renew(batch, _now_ms() + lease_ms):
                         log.warning("s3batch lost the lease on batch %s", batch.batch_id)
                         return
                 except Exception:  # a failed renewal only shortens the lease; the flush goes on

@@ -48,8 +48,13 @@ class Keys:
         """STRING with a short expiry: a flush was already requested, do not ask again."""
         return f"{self._base}:flush-requested"
 
+    @property
+    def consumers(self) -> str:
+        """HASH of worker name -> "<last report ms> <queue>,<queue>..." (batcher.consumers); one for all lanes."""
+        return f"{self.namespace}:consumers"
+
     def record(self, record_id: str) -> str:
-        """HASH holding one staged object's key, body and attributes."""
+        """HASH of one staged object: its head and its body (batcher.records)."""
         return f"{self._base}:rec:{record_id}"
 
     def seen(self, record_id: str) -> str:

@@ -25,10 +25,12 @@ class StagedObject:
     metadata: Mapping[str, str] = field(default_factory=dict)
     context: str | None = None
     """Opaque to the library: what the result writer needs to answer this record (Celery callbacks)."""
+    size: int = -1
+    """The body's length; given where the body is not (a head read from staging), else taken from ``body``."""
 
-    @property
-    def size(self) -> int:
-        return len(self.body)
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            object.__setattr__(self, "size", len(self.body))
 
 
 @dataclass(frozen=True)

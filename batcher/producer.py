@@ -38,28 +38,22 @@ def prepare_object(
     )
 
 
-def stage_object(settings: Settings, staging: Staging, obj: StagedObject) -> bool:
+def stage_object(staging: Staging, obj: StagedObject) -> bool:
     """Stage one object (a second time for its record id changes nothing); returns whether to flush now.
 
     Raises StagingFullError, StagingError.
     """
-    outcome = staging.stage(
-        [obj],
-        max_staged_bytes=settings.max_staged_bytes,
-        max_batch_bytes=settings.max_batch_bytes,
-        max_batch_objects=settings.max_batch_objects,
-    )
-    (status,) = outcome.statuses
+    (status,) = (outcome := staging.stage([obj])).statuses
     if status == FULL:
-        raise full_error(settings, staging, obj)
+        raise full_error(staging, obj)
     return outcome.flush_wanted
 
 
-def full_error(settings: Settings, staging: Staging, obj: StagedObject) -> StagingFullError:
+def full_error(staging: Staging, obj: StagedObject) -> StagingFullError:
     """The error for ``obj`` refused by a full staging area: how full it is, the limit, what to do."""
     totals = staging.totals()
     return StagingFullError(
         f"staging is full: {totals['staged_bytes']} bytes staged, S3BATCH_MAX_STAGED_BYTES="
-        f"{settings.max_staged_bytes}; {obj.object_key!r} ({obj.size} bytes) was not staged. "
+        f"{staging.limits.max_staged_bytes}; {obj.object_key!r} ({obj.size} bytes) was not staged. "
         "Retry later, or add workers or raise the limit if uploads cannot keep up"
     )

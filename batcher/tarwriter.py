@@ -36,26 +36,15 @@ SPOOL_MEMORY_BYTES = 8 * 1024 * 1024
 _MODE = 0o644
 
 
-@dataclass(frozen=True)
-class Member:
-    """Where one object's bytes sit in the tar."""
-
-    record_id: str
-    object_key: str
-    name: str
-    offset: int
-    size: int
-    sha256: str
-
-
 @dataclass
 class BuiltTar:
-    """A finished tar: a readable spooled file at 0, its size, SHA-256, members, index and S3 metadata."""
+    """A finished tar: a readable spooled file at 0, its size, SHA-256, its objects as the index lists them (in
+    order, ``offset`` their data's first byte), where the index is, and the S3 metadata."""
 
     file: IO[bytes]
     size: int
     sha256: str
-    members: list[Member]
+    members: list[IndexEntry]
     index: IndexLocation
     s3_metadata: dict[str, str]
 
@@ -145,8 +134,7 @@ def build_tar(
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=spool_memory_bytes)  # noqa: SIM115
     digest = hashlib.sha256()
     offset = 0
-    members: list[Member] = []
-    entries: list[IndexEntry] = []
+    members: list[IndexEntry] = []
 
     def write(data: bytes) -> None:
         nonlocal offset
@@ -167,13 +155,12 @@ def build_tar(
         for n, obj in enumerate(objects):
             name = names[n]
             data_offset = write_member(member_header(obj, name), obj.body)
-            members.append(Member(obj.record_id, obj.object_key, name, data_offset, obj.size, obj.sha256))
-            entries.append(
+            members.append(
                 IndexEntry(obj.object_key, name, data_offset, obj.size, obj.sha256, obj.content_type, obj.metadata)
             )
         if len(members) != len(names):
             raise ValueError(f"build_tar got {len(members)} objects for {len(names)} keys")
-        index = encode_index(batch_id, created_ms, entries)
+        index = encode_index(batch_id, created_ms, members)
         index_offset = write_member(_info(INDEX_NAME, len(index), created_ms).tobuf(tarfile.PAX_FORMAT), index)
         location = IndexLocation(index_offset, len(index), hashlib.sha256(index).hexdigest())
         trailer = encode_trailer(location)  # the last non-zero block: readers find it from the end

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
+from batcher import checkpoints
 from batcher.errors import BatchConflictError, PermanentUploadError, UploadError
 from batcher.tarwriter import BuiltTar
 
@@ -66,12 +67,10 @@ class Uploader:
         *,
         multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES,
         part_bytes: int = PART_BYTES,
-        checkpoint: Callable[[str], None] = lambda point: None,
     ) -> None:
         self.client = client or s3_client()
         self.multipart_threshold_bytes = multipart_threshold_bytes
         self.part_bytes = part_bytes
-        self.checkpoint = checkpoint
 
     def requests_for(self, tar_bytes: int) -> int:
         """PUT-class requests one upload of ``tar_bytes`` costs with this uploader's thresholds."""
@@ -148,7 +147,7 @@ class Uploader:
                 )
                 parts.append({"PartNumber": number, "ETag": part["ETag"]})
                 del chunk  # one part in memory at a time
-                self.checkpoint("part-uploaded")
+                checkpoints.reached("part-uploaded")
                 number += 1
             response = self.client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}, IfNoneMatch="*"

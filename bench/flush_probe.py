@@ -27,8 +27,8 @@ from typing import Any
 
 from batcher.config import Settings
 from batcher.flush import Flusher
-from batcher.models import BatchRef
-from batcher.staging import Staging, connect
+from batcher.models import BatchRef, StagedObject
+from batcher.staging import Staging
 from batcher.uploader import Uploader, s3_client
 
 MIB = 1024 * 1024
@@ -44,13 +44,13 @@ class CountingSink:
         self.ref_every = ref_every
         self.sample: list[dict[str, Any]] = []
 
-    def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
-        for record_id, ref in refs:
+    def publish(self, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
+        for head, ref in uploaded:
             if self.ref_every and self.published % self.ref_every == 0:
-                self.sample.append({"record_id": record_id, **ref.to_dict()})
+                self.sample.append({"record_id": head.record_id, **ref.to_dict()})
             self.published += 1
 
-    def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
+    def fail(self, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]) -> None:
         self.failed += len(record_ids)
 
 
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = probe_settings(args.bucket, args.redis_url)
     sink = CountingSink(args.ref_every)
-    flusher = Flusher(settings, Staging(connect(args.redis_url)), Uploader(s3_client(endpoint_url=args.endpoint)), sink)
+    flusher = Flusher(settings, Staging.for_settings(settings), Uploader(s3_client(endpoint_url=args.endpoint)), sink)
     flusher.uploader.client.list_objects_v2(Bucket=args.bucket, MaxKeys=1)  # connection and lazy imports
     rss_before = vm_rss_mib()
     peak_before = peak_rss_mib()

@@ -43,10 +43,10 @@ def describe(name: str, outcome: Outcome) -> str:
 
 
 def load_batcher() -> tuple[Any | None, str | None]:
-    """``batcher.Batcher``, or None and why not."""
-    batcher_cls = getattr(importlib.import_module("batcher"), "Batcher", None)
+    """``workers.Batcher`` (the direct path with Celery results), or None and why not."""
+    batcher_cls = getattr(importlib.import_module("workers"), "Batcher", None)
     if batcher_cls is None:
-        return None, "batcher.Batcher does not exist yet: the Batcher.put_objects() scenarios are skipped"
+        return None, "workers.Batcher does not exist: the Batcher.put_objects() scenarios are skipped"
     return batcher_cls, None
 
 

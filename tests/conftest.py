@@ -1,8 +1,11 @@
 """Real services for the tests: a redis-server and moto's S3 server on free ports.
 
-They start before any test module imports ``workers.app`` (pytest_configure),
-so the producer side of the tests is configured the way a user's process is:
-through environment variables. Each test gets its own staging database and
+Their ports are chosen, and the environment pointed at them, before any test
+module imports ``workers.app`` (pytest_configure), so the producer side of the
+tests is configured the way a user's process is: through environment
+variables. They start on first use, so the tests of pure modules run without
+them (``make test-fast`` runs only those: every test that uses a service
+fixture is marked ``services``). Each test gets its own staging database and
 its own bucket; Celery's broker and results share database 0.
 """
 
@@ -19,29 +22,38 @@ import pytest
 import redis
 
 from batcher.config import Settings
-from batcher.embedded import RedisServer, S3Server
-from batcher.staging import Staging, connect
+from batcher.embedded import LOOPBACK, RedisServer, S3Server, free_port
+from batcher.staging import Staging, StagingLimits, connect
 from tests.support import Stack
+from workers.app import UNACKED_KEYS, app
 
-_services: dict[str, object] = {}
+_ports: dict[str, int] = {}
+_services: dict[str, RedisServer | S3Server] = {}
 _db_numbers = itertools.count(1)
+SERVICE_FIXTURES = frozenset({"redis_server", "s3_server"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    redis_server = RedisServer(appendonly=True, databases=4096)
-    s3_server = S3Server(in_process=False)
-    _services.update(redis=redis_server, s3=s3_server)
+    config.addinivalue_line("markers", "services: the test uses real services (redis-server, moto, workers)")
+    _ports.update(redis=free_port(), s3=free_port())
+    redis_url = f"redis://{LOOPBACK}:{_ports['redis']}/0"
     os.environ.update(
-        CELERY_BROKER_URL=redis_server.url(0),
-        CELERY_RESULT_BACKEND=redis_server.url(0),
-        S3BATCH_REDIS_URL=redis_server.url(0),
-        AWS_ENDPOINT_URL=s3_server.endpoint_url,
+        CELERY_BROKER_URL=redis_url,
+        CELERY_RESULT_BACKEND=redis_url,
+        S3BATCH_REDIS_URL=redis_url,
+        AWS_ENDPOINT_URL=f"http://{LOOPBACK}:{_ports['s3']}",
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION="us-east-1",
     )
-    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "S3BATCH_BUCKET"):
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN", "S3BATCH_BUCKET", "S3BATCH_CELERY_CONFIG"):
         os.environ.pop(name, None)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -49,17 +61,27 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     # still be running (otherwise the unsubscribe fails at exit and pytest reports it as an error).
     gc.collect()
     for service in _services.values():
-        service.close()  # type: ignore[attr-defined]
+        service.close()
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> RedisServer:
-    return _services["redis"]  # type: ignore[return-value]
+    """The tests' redis-server, started on first use on the port the environment names."""
+    if "redis" not in _services:
+        _services["redis"] = RedisServer(appendonly=True, databases=4096, port=_ports["redis"])
+    server = _services["redis"]
+    assert isinstance(server, RedisServer)
+    return server
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> S3Server:
-    return _services["s3"]  # type: ignore[return-value]
+    """moto's S3 server as a process, started on first use on the port the environment names."""
+    if "s3" not in _services:
+        _services["s3"] = S3Server(in_process=False, port=_ports["s3"])
+    server = _services["s3"]
+    assert isinstance(server, S3Server)
+    return server
 
 
 @pytest.fixture
@@ -79,14 +101,13 @@ def stack(redis_server: RedisServer, s3_server: S3Server, s3, tmp_path, request)
     broker = redis.Redis.from_url(redis_server.url(0))
     for key in broker.scan_iter(match="s3batch*"):
         broker.delete(key)
-    broker.delete("unacked", "unacked_index", "unacked_mutex")
-    from workers.app import app
-
+    broker.delete(*UNACKED_KEYS.values())
     app.control.purge()
     settings = Settings(bucket=bucket, redis_url=redis_server.url(db), max_batch_age_s=1.0)
     client = connect(settings.redis_url)
     client.flushdb()
-    stack = Stack(settings=settings, staging=Staging(client), s3=s3, tmp_path=tmp_path)
+    stack = Stack(settings=settings, staging=Staging(client, StagingLimits.from_settings(settings)), s3=s3,
+                  tmp_path=tmp_path)  # fmt: skip
     try:
         yield stack
     finally:

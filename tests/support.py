@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from batcher.config import _VARIABLES, Settings
+from batcher.config import Settings, to_env
 from batcher.index import is_reserved
-from batcher.staging import Staging
+from batcher.staging import Staging, StagingLimits
 from workers.process import WorkerProcess
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The S3BATCH_* variables that make a worker use ``settings``."""
-    return {name: str(getattr(settings, attr) or "") for name, attr, _ in _VARIABLES}
+    return to_env(settings)
 
 
 @dataclass
@@ -31,9 +31,12 @@ class Stack:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def env(self, **overrides: Any) -> dict[str, str]:
+        """The environment of a worker on this stack; with S3BATCH_CRASH_AT, one that installs the crash hook."""
         env = dict(os.environ)
         env.update(settings_env(self.settings))
         env.update({k: str(v) for k, v in overrides.items()})
+        if "S3BATCH_CRASH_AT" in overrides:
+            env.setdefault("S3BATCH_CELERY_CONFIG", "tests.crash_config")
         return env
 
     def start_worker(
@@ -47,6 +50,10 @@ class Stack:
         self.workers.append(worker)
         worker.wait_ready()
         return worker
+
+    def staging_for(self, settings: Settings) -> Staging:
+        """This stack's staging lane under the limits of ``settings``."""
+        return Staging(self.staging.client, StagingLimits.from_settings(settings))
 
     def stop_workers(self) -> None:
         for worker in self.workers:

@@ -8,19 +8,21 @@ from dataclasses import replace
 import pytest
 from celery.result import AsyncResult, ResultSet
 
+from batcher.config import Settings
 from batcher.embedded import free_port
 from batcher.errors import StagingError, StagingFullError
 from batcher.producer import stage_object
-from batcher.staging import Staging, connect
-from tests.factories import staged
+from batcher.staging import Staging
+from tests.factories import stage_with, staged
 from tests.support import Stack
 
 
 def test_full_staging_refuses_with_a_clear_error(stack: Stack) -> None:
     settings = replace(stack.settings, max_staged_bytes=1000, max_batch_bytes=1000, max_object_bytes=1000)
-    stage_object(settings, stack.staging, staged("first", b"x" * 900))
+    staging = stack.staging_for(settings)
+    stage_object(staging, staged("first", b"x" * 900))
     with pytest.raises(StagingFullError, match=r"900 bytes staged, S3BATCH_MAX_STAGED_BYTES=1000; 'second'"):
-        stage_object(settings, stack.staging, staged("second", b"y" * 200))
+        stage_object(staging, staged("second", b"y" * 200))
     assert stack.staging.totals()["queued_objects"] == 1
 
 
@@ -32,7 +34,7 @@ def test_redis_out_of_memory_is_a_staging_error_and_stages_nothing(stack: Stack)
     try:
         with pytest.raises(StagingError, match=r"used memory > .maxmemory."):
             for i in range(100):
-                stage_object(stack.settings, stack.staging, staged(f"k{i}", b"z" * 200_000))
+                stage_object(stack.staging, staged(f"k{i}", b"z" * 200_000))
         staged_count = stack.staging.totals()["queued_objects"]
         assert len(list(client.scan_iter(match="*:rec:*"))) == staged_count  # no half-staged object
     finally:
@@ -40,9 +42,9 @@ def test_redis_out_of_memory_is_a_staging_error_and_stages_nothing(stack: Stack)
 
 
 def test_redis_unreachable_is_a_staging_error() -> None:
-    staging = Staging(connect(f"redis://127.0.0.1:{free_port()}/0"))
+    staging = Staging.for_settings(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     with pytest.raises(StagingError, match="Redis refused to stage objects"):
-        staging.stage([staged("k", b"x")], max_staged_bytes=10, max_batch_bytes=10, max_batch_objects=10)
+        stage_with(staging, [staged("k", b"x")], max_staged_bytes=10, max_batch_bytes=10, max_batch_objects=10)
 
 
 def test_producer_faster_than_uploads_is_held_back_and_loses_nothing(stack: Stack) -> None:

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.services  # the suite starts its own redis-server, moto and workers
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -37,8 +37,8 @@ def test_errback_runs_when_the_batch_is_dead_lettered(stack: Stack) -> None:
     from tests.canvas_tasks import note_failure
     from workers.tasks import put_object
 
-    stack.s3.delete_bucket(Bucket=stack.settings.bucket)  # NoSuchBucket: a permanent failure
     stack.start_worker(**CONFIG)
+    stack.s3.delete_bucket(Bucket=stack.settings.bucket)  # NoSuchBucket: a permanent failure
     result = put_object.apply_async(("doomed", b"x"), link_error=note_failure.s())
     deadline = time.monotonic() + 30
     while (raw := stack.staging.client.get(f"test-errback:{result.id}")) is None:

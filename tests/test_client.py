@@ -1,18 +1,19 @@
-"""batcher.Batcher, the direct staging path: real Redis, moto's server and Celery worker subprocesses."""
+"""workers.Batcher (batcher.Batcher with Celery results), the direct staging path: real Redis, moto's server and
+Celery worker subprocesses."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import random
 from typing import Any
 
 import pytest
 from celery.result import AsyncResult, ResultSet
 
-from batcher import Batcher, BatchReader, BatchRef
+from batcher import BatchReader, BatchRef
 from batcher.errors import (
-    ConfigError,
     InputError,
     InvalidBodyError,
     InvalidKeyError,
@@ -21,6 +22,7 @@ from batcher.errors import (
     StagingFullError,
 )
 from tests.support import Stack, settings_env
+from workers import Batcher
 
 
 def refs_of(results: ResultSet, timeout_s: float = 120) -> list[BatchRef]:
@@ -164,12 +166,20 @@ def test_accepted_holds_the_decided_items_in_input_order(stack: Stack) -> None:
     assert accepted[4].info["object_key"] == "late/0"
 
 
-def test_a_batcher_whose_redis_is_not_the_result_backend_is_refused(
+def test_a_batcher_for_other_settings_waits_where_their_workers_publish(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """No CELERY_RESULT_BACKEND: workers of these settings keep results in their staging Redis, and so does the
+    Batcher built for them, though this process's own app (S3BATCH_REDIS_URL) points elsewhere."""
     monkeypatch.delenv("CELERY_RESULT_BACKEND")
-    with pytest.raises(ConfigError, match="workers would publish them where no one waits"):
-        Batcher(stack.settings)
+    stack.start_worker()
+    with Batcher(stack.settings) as batcher:
+        assert batcher.settings.redis_url != os.environ["S3BATCH_REDIS_URL"]
+        result = batcher.put_object("elsewhere", b"results live with their staging")
+        assert (
+            BatchReader(stack.s3).get(BatchRef.from_dict(result.get(timeout=60))) == b"results live with their staging"
+        )
+    assert stack.staging.client.exists(f"celery-task-meta-{result.id}")
 
 
 def test_full_batches_are_flushed_on_request_without_beat(stack: Stack) -> None:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from batcher.config import _VARIABLES
+from batcher.config import VARIABLES
 
 yaml: Any
 try:
@@ -179,7 +179,7 @@ def test_flower_watches_the_redis_broker_on_port_5555(services: dict[str, Any]) 
 
 
 def test_every_s3batch_variable_is_one_the_config_reads(services: dict[str, Any]) -> None:
-    known = {name for name, _, _ in _VARIABLES}
+    known = set(VARIABLES)
     text = COMPOSE_FILE.read_text(encoding="utf-8")
     used = set(re.findall(r"\bS3BATCH_[A-Z0-9_]+", text))
     for service in services.values():

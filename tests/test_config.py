@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from batcher.config import DEFAULT_REDIS_URL, Settings
+from batcher.config import DEFAULT_REDIS_URL, Settings, load_config_module
 from batcher.errors import ConfigError, S3BatchError
 
 ALL_VARIABLES = {
@@ -20,6 +22,8 @@ ALL_VARIABLES = {
     "S3BATCH_MAX_STAGED_BYTES": "2000000",
     "S3BATCH_LEASE_SECONDS": "3",
     "S3BATCH_UPLOAD_ATTEMPTS": "2",
+    "S3BATCH_RESULT_EXPIRES": "3600",
+    "S3BATCH_NO_WORKER_TIMEOUT": "15",
 }
 
 NUMERIC_VARIABLES = [
@@ -30,6 +34,8 @@ NUMERIC_VARIABLES = [
     "S3BATCH_MAX_STAGED_BYTES",
     "S3BATCH_LEASE_SECONDS",
     "S3BATCH_UPLOAD_ATTEMPTS",
+    "S3BATCH_RESULT_EXPIRES",
+    "S3BATCH_NO_WORKER_TIMEOUT",
 ]
 
 
@@ -67,6 +73,8 @@ def test_from_env_reads_every_variable() -> None:
         max_staged_bytes=2_000_000,
         lease_s=3.0,
         upload_attempts=2,
+        result_expires_s=3600.0,
+        no_worker_timeout_s=15.0,
     )
     # Every field is covered: none kept its default.
     for field in dataclasses.fields(Settings):
@@ -104,7 +112,9 @@ def test_bad_numeric_value_names_the_variable(name: str, value: str) -> None:
     assert isinstance(info.value, S3BatchError)
 
 
-@pytest.mark.parametrize("name", [n for n in NUMERIC_VARIABLES if not n.endswith(("_AGE", "_SECONDS"))])
+@pytest.mark.parametrize(
+    "name", [n for n in NUMERIC_VARIABLES if not n.endswith(("_AGE", "_SECONDS", "_EXPIRES", "_TIMEOUT"))]
+)
 def test_sizes_must_be_integers(name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: "1.5"})
@@ -158,3 +168,83 @@ def test_flush_interval_is_a_tenth_of_the_age_between_bounds(age_s: float, inter
 
 def test_default_flush_interval_is_within_one_second() -> None:
     assert Settings().flush_interval_s == 1.0
+
+
+# ---- the configuration module (S3BATCH_CELERY_CONFIG): the same loader, parsing and errors ----
+
+
+@pytest.fixture
+def config_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], str]:
+    """Write a configuration module under a fresh name on sys.path; returns its name."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = iter(range(1000))
+
+    def write(source: str) -> str:
+        name = f"s3batch_test_config_{next(names)}_{tmp_path.name.replace('-', '_')}"
+        (tmp_path / f"{name}.py").write_text(source)
+        return name
+
+    return write
+
+
+def test_module_values_win_over_the_environment(config_module: Callable[[str], str]) -> None:
+    name = config_module('s3batch_bucket = "from-module"\ns3batch_max_batch_age_s = 5\nbroker_pool_limit = 3\n')
+    settings = Settings.from_env({"S3BATCH_CELERY_CONFIG": name, "S3BATCH_BUCKET": "from-env", "S3BATCH_PREFIX": "p/"})
+    assert (settings.bucket, settings.max_batch_age_s, settings.prefix) == ("from-module", 5.0, "p/")
+
+
+def test_module_strings_are_parsed_like_the_environment(config_module: Callable[[str], str]) -> None:
+    name = config_module('s3batch_max_batch_age_s = "5"\ns3batch_max_batch_bytes = "64_000_000"\n')
+    settings = Settings.from_env({"S3BATCH_CELERY_CONFIG": name})
+    assert (settings.max_batch_age_s, settings.max_batch_bytes) == (5.0, 64_000_000)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            's3batch_max_batch_age_s = "abc"',
+            r"s3batch_max_batch_age_s in S3BATCH_CELERY_CONFIG=.* is not a valid number",
+        ),
+        (
+            "s3batch_max_batch_bytes = 1.5",
+            r"s3batch_max_batch_bytes in S3BATCH_CELERY_CONFIG=.* is not a valid integer",
+        ),
+        ("s3batch_bucket = 7", r"s3batch_bucket in S3BATCH_CELERY_CONFIG=.* must be a string"),
+        (
+            "s3batch_max_bach_age_s = 3",
+            r"s3batch_max_bach_age_s .* is not an s3batch setting \(did you mean s3batch_max_batch_age_s",
+        ),
+        ("s3batch_lease_s = 0", r"S3BATCH_LEASE_SECONDS=0.0 must be greater than zero"),
+        ("raise RuntimeError('boom')", r"S3BATCH_CELERY_CONFIG=.* cannot be imported: RuntimeError\('boom'\)"),
+    ],
+)
+def test_bad_module_values_are_named(config_module: Callable[[str], str], source: str, message: str) -> None:
+    name = config_module(source + "\n")
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env({"S3BATCH_CELERY_CONFIG": name})
+
+
+def test_a_missing_module_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"S3BATCH_CELERY_CONFIG='no\.such\.module' cannot be imported"):
+        Settings.from_env({"S3BATCH_CELERY_CONFIG": "no.such.module"})
+
+
+def test_transport_options_of_the_module_are_merged_not_replaced(config_module: Callable[[str], str]) -> None:
+    from workers.app import UNACKED_KEYS, S3BatchApp
+
+    name = config_module('broker_transport_options = {"max_connections": 20, "unacked_restore_interval": 7}\n')
+    app = S3BatchApp(Settings(max_batch_age_s=4), load_config_module(name))
+    options = app.conf.broker_transport_options
+    assert options["max_connections"] == 20 and options["unacked_restore_interval"] == 7  # theirs win per key
+    assert options["visibility_timeout"] == 12  # ours stay: three batch ages, at least 10 s
+    assert {k: options[k] for k in UNACKED_KEYS} == UNACKED_KEYS
+
+
+def test_the_app_is_configured_at_first_use_not_at_import() -> None:
+    from workers.app import S3BatchApp
+
+    app = S3BatchApp()
+    assert app._s3batch_settings is None  # nothing read yet
+    assert app.conf.result_expires == Settings.from_env().result_expires_s
+    assert app.s3batch_settings == Settings.from_env()

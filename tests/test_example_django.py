@@ -18,6 +18,8 @@ from tests.support import Stack
 
 SETTINGS_MODULE = "examples.django_app.settings"
 
+pytestmark = pytest.mark.services  # the app talks to the tests' redis-server and moto
+
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:

@@ -14,6 +14,8 @@ from werkzeug.test import TestResponse
 from examples.flask_app.app import create_app
 from tests.support import Stack
 
+pytestmark = pytest.mark.services  # the app talks to the tests' redis-server and moto
+
 
 @pytest.fixture(scope="module")
 def client() -> FlaskClient:

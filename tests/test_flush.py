@@ -13,9 +13,9 @@ import pytest
 
 from batcher.flush import Flusher, batch_key
 from batcher.index import INDEX_NAME, TRAILER_NAME
-from batcher.models import BatchRef
+from batcher.models import BatchRef, StagedObject
 from batcher.uploader import Uploader
-from tests.factories import staged
+from tests.factories import stage_with, staged
 from tests.support import Stack
 
 
@@ -26,25 +26,27 @@ class Recorder:
         self.refs: dict[str, BatchRef] = {}
         self.failures: dict[str, Exception] = {}
 
-    def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
-        for record_id, ref in refs:
-            assert record_id not in self.refs, f"{record_id} published twice"
-            self.refs[record_id] = ref
+    def publish(self, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
+        for head, ref in uploaded:
+            assert head.record_id not in self.refs, f"{head.record_id} published twice"
+            self.refs[head.record_id] = ref
 
-    def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
+    def fail(self, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]) -> None:
         for record_id in record_ids:
             self.failures[record_id] = error
 
 
 def make_flusher(stack: Stack, **settings: object) -> tuple[Flusher, Recorder]:
     recorder = Recorder()
-    flusher = Flusher(replace(stack.settings, **settings), stack.staging, Uploader(stack.s3), recorder)
-    return flusher, recorder
+    chosen = replace(stack.settings, **settings)
+    return Flusher(chosen, stack.staging_for(chosen), Uploader(stack.s3), recorder), recorder
 
 
-def stage(stack: Stack, objs: list) -> None:  # type: ignore[type-arg]
+def stage(stack: Stack, objs: list[StagedObject]) -> None:
     s = stack.settings
-    stack.staging.stage(objs, max_staged_bytes=s.max_staged_bytes, max_batch_bytes=10**12, max_batch_objects=10**9)
+    stage_with(
+        stack.staging, objs, max_staged_bytes=s.max_staged_bytes, max_batch_bytes=10**12, max_batch_objects=10**9
+    )
 
 
 def test_batch_key_layout() -> None:
@@ -103,10 +105,8 @@ def test_rebuilt_batch_gives_the_same_tar(stack: Stack) -> None:
     # Simulate the dead flush's twin: the same records staged again under a fresh database.
     stack.staging.client.flushdb()
     stage(stack, objs)  # the same staging times: a record keeps the one it was staged with
-    again = stack.staging.claim(
-        now_ms=batch.created_ms, batch_id=batch.batch_id, s3_key=batch.s3_key, max_age_ms=0,
-        max_objects=100, max_bytes=10**9, lease_ms=30_000, force=True,
-    )  # fmt: skip
+    rules = stack.staging.with_limits(max_batch_age_ms=0, max_batch_objects=100, max_batch_bytes=10**9)
+    again = rules.claim(now_ms=batch.created_ms, batch_id=batch.batch_id, s3_key=batch.s3_key, force=True)
     assert again is not None
     _, second = make_flusher(stack)
     Flusher(stack.settings, stack.staging, Uploader(stack.s3), second).process(again)

@@ -20,6 +20,7 @@ from pathlib import Path
 from batcher.embedded import S3Server
 from batcher.models import StagedObject
 from batcher.uploader import PART_BYTES
+from tests.factories import stage_with
 from tests.support import Stack
 
 MIB = 1024 * 1024
@@ -51,8 +52,8 @@ def stage_batch(stack: Stack) -> None:
     staged_ms = int(time.time() * 1000)
     for start in range(0, OBJECTS, STAGE_CALL_OBJECTS):
         objs = [staged_object(i, staged_ms) for i in range(start, start + STAGE_CALL_OBJECTS)]
-        outcome = stack.staging.stage(
-            objs, max_staged_bytes=4096 * MIB, max_batch_bytes=10**12, max_batch_objects=10**9
+        outcome = stage_with(
+            stack.staging, objs, max_staged_bytes=4096 * MIB, max_batch_bytes=10**12, max_batch_objects=10**9
         )
         assert outcome.statuses == [1] * len(objs)
         del objs

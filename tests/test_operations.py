@@ -13,7 +13,7 @@ import pytest
 from batcher.cli import main
 from batcher.flush import Flusher
 from batcher.uploader import Uploader
-from tests.factories import staged
+from tests.factories import stage_with, staged
 from tests.support import Stack
 from tests.test_flush import Recorder
 
@@ -38,10 +38,11 @@ def test_cost_table(capsys: pytest.CaptureFixture[str]) -> None:
 def test_stats_counts_waiting_and_uploaded(stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("S3BATCH_REDIS_URL", stack.settings.redis_url)
     limits = {"max_staged_bytes": 10**9, "max_batch_bytes": 10**9, "max_batch_objects": 10**6}
-    stack.staging.stage([staged(f"k{i}", b"x" * 100) for i in range(30)], **limits)
-    flusher = Flusher(replace(stack.settings, max_batch_objects=10), stack.staging, Uploader(stack.s3), Recorder())
+    stage_with(stack.staging, [staged(f"k{i}", b"x" * 100) for i in range(30)], **limits)
+    chosen = replace(stack.settings, max_batch_objects=10)
+    flusher = Flusher(chosen, stack.staging_for(chosen), Uploader(stack.s3), Recorder())
     assert len(flusher.flush(force=True)) == 3
-    stack.staging.stage([staged("waiting", b"y" * 7)], **limits)
+    stage_with(stack.staging, [staged("waiting", b"y" * 7)], **limits)
     assert main(["stats", "--json"]) == 0
     figures = json.loads(capsys.readouterr().out)
     assert figures["uploaded_objects"] == 30 and figures["uploaded_batches"] == 3

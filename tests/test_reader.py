@@ -25,6 +25,7 @@ from batcher.models import StagedObject
 from batcher.reader import TAIL_BYTES
 from batcher.tarwriter import build_tar
 from batcher.uploader import Uploader
+from tests.factories import stage_with
 from tests.support import Stack
 
 CREATED_MS = 1_700_000_000_000
@@ -46,7 +47,7 @@ def upload(
     bucket = stack.settings.bucket or ""
     with build_tar([o.object_key for o in objs], objs, batch_id=batch_id, created_ms=CREATED_MS) as tar:
         etag = Uploader(stack.s3).upload(bucket, key, tar)
-    return [BatchRef(bucket, key, m.offset, m.size, m.object_key, batch_id, etag, m.sha256) for m in tar.members]
+    return [BatchRef(bucket, key, m.offset, m.size, m.key, batch_id, etag, m.sha256) for m in tar.members]
 
 
 class Sink:
@@ -55,18 +56,19 @@ class Sink:
     def __init__(self) -> None:
         self.refs: dict[str, BatchRef] = {}
 
-    def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
-        self.refs.update(refs)
+    def publish(self, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
+        self.refs.update((head.record_id, ref) for head, ref in uploaded)
 
-    def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
+    def fail(self, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]) -> None:
         raise AssertionError(f"flush failed: {error}")
 
 
 def flush(stack: Stack, objs: list[StagedObject], **settings: Any) -> list[BatchRef]:
     """Stage ``objs`` and flush them as the workers do; the refs the producers got, in staging order."""
-    stack.staging.stage(objs, max_staged_bytes=10**12, max_batch_bytes=10**12, max_batch_objects=10**9)
+    stage_with(stack.staging, objs, max_staged_bytes=10**12, max_batch_bytes=10**12, max_batch_objects=10**9)
     sink = Sink()
-    Flusher(replace(stack.settings, **settings), stack.staging, Uploader(stack.s3), sink).flush(force=True)
+    chosen = replace(stack.settings, **settings)
+    Flusher(chosen, stack.staging_for(chosen), Uploader(stack.s3), sink).flush(force=True)
     return [sink.refs[o.record_id] for o in objs]
 
 

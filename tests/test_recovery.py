@@ -14,6 +14,7 @@ from celery.result import AsyncResult, ResultSet
 
 from batcher.models import StagedObject
 from batcher.uploader import MULTIPART_THRESHOLD_BYTES
+from tests.factories import stage_with
 from tests.support import Stack
 
 
@@ -147,7 +148,7 @@ def test_sigkill_in_the_middle_of_a_multipart_upload(stack: Stack) -> None:
     for i, record_id in enumerate(ids):
         body = random.Random(i).randbytes(size)
         obj = StagedObject(record_id, f"big/{i}", body, int(time.time() * 1000), hashlib.sha256(body).hexdigest())
-        stack.staging.stage([obj], max_staged_bytes=2**31, max_batch_bytes=2**31, max_batch_objects=10**6)
+        stage_with(stack.staging, [obj], max_staged_bytes=2**31, max_batch_bytes=2**31, max_batch_objects=10**6)
     crashing = stack.start_worker(
         S3BATCH_CRASH_AT="part-uploaded", S3BATCH_LEASE_SECONDS=2, S3BATCH_MAX_BATCH_AGE=1,
         S3BATCH_MAX_BATCH_BYTES=2**31, S3BATCH_MAX_OBJECT_BYTES=size, S3BATCH_MAX_STAGED_BYTES=2**31,

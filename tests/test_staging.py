@@ -7,7 +7,7 @@ import time
 
 from batcher.models import ClaimedBatch
 from batcher.staging import DUPLICATE, FULL, STAGED, Staging
-from tests.factories import staged
+from tests.factories import stage_with, staged
 from tests.support import Stack
 
 LIMITS = {"max_staged_bytes": 10_000, "max_batch_bytes": 1_000, "max_batch_objects": 5}
@@ -23,26 +23,27 @@ def claim(
     max_objects: int = 5,
     max_bytes: int = 1_000,
 ) -> ClaimedBatch | None:
-    return staging.claim(
-        now_ms=now_ms or int(time.time() * 1000), batch_id=batch_id, s3_key=f"k/{batch_id}.tar",
-        max_age_ms=max_age_ms, max_objects=max_objects, max_bytes=max_bytes, lease_ms=30_000, force=force,
-    )  # fmt: skip
+    rules = staging.with_limits(
+        max_batch_age_ms=max_age_ms, max_batch_objects=max_objects, max_batch_bytes=max_bytes, lease_ms=30_000
+    )
+    return rules.claim(now_ms=now_ms or int(time.time() * 1000), batch_id=batch_id, s3_key=f"k/{batch_id}.tar",
+                       force=force)  # fmt: skip
 
 
 def test_stage_keeps_order_and_accounts_bytes(stack: Stack) -> None:
     objs = [staged(f"k{i}", bytes([i]) * (i + 1)) for i in range(4)]
-    outcome = stack.staging.stage(objs, **LIMITS)
+    outcome = stage_with(stack.staging, objs, **LIMITS)
     assert outcome.statuses == [STAGED] * 4
     totals = stack.staging.totals()
     assert totals["staged_bytes"] == totals["queued_bytes"] == 1 + 2 + 3 + 4
     assert totals["queued_objects"] == 4
     batch = claim(stack.staging, "b1", force=True)
     assert batch is not None and batch.objects == 4 and batch.size_bytes == 10
-    entries = stack.staging.entries(batch)
-    assert [e.record_id for e in entries] == [o.record_id for o in objs]
-    heads = stack.staging.read_heads(entries)
+    assert stack.staging.record_ids(batch) == [o.record_id for o in objs]
+    heads = stack.staging.heads(batch)
     assert [(h.object_key, h.body, h.sha256) for h in heads] == [(o.object_key, b"", o.sha256) for o in objs]
-    read = list(stack.staging.read_objects(heads, entries))
+    assert [h.size for h in heads] == [o.size for o in objs]  # a head knows its size without its body
+    read = list(stack.staging.with_bodies(heads))
     assert [(o.object_key, o.body, o.sha256) for o in read] == [(o.object_key, o.body, o.sha256) for o in objs]
     assert stack.staging.totals()["queued_objects"] == 0
 
@@ -51,45 +52,45 @@ def test_staging_full_refuses_everything_after_the_first_refusal(stack: Stack) -
     """A smaller object after a refused one is refused too, so that retrying the refused ones keeps order."""
     limits = dict(LIMITS, max_staged_bytes=100)
     objs = [staged("a", b"x" * 60), staged("b", b"y" * 50), staged("c", b"z" * 10)]
-    assert stack.staging.stage(objs, **limits).statuses == [STAGED, FULL, FULL]
+    assert stage_with(stack.staging, objs, **limits).statuses == [STAGED, FULL, FULL]
     assert stack.staging.totals()["queued_objects"] == 1
 
 
 def test_same_record_id_is_staged_once(stack: Stack) -> None:
     obj = staged("k", b"abc", record_id="task-1")
-    assert stack.staging.stage([obj], **LIMITS).statuses == [STAGED]
-    assert stack.staging.stage([obj], **LIMITS).statuses == [DUPLICATE]
+    assert stage_with(stack.staging, [obj], **LIMITS).statuses == [STAGED]
+    assert stage_with(stack.staging, [obj], **LIMITS).statuses == [DUPLICATE]
     assert stack.staging.totals()["queued_objects"] == 1
 
 
 def test_staging_full_refuses_without_touching_anything(stack: Stack) -> None:
     limits = dict(LIMITS, max_staged_bytes=100)
-    assert stack.staging.stage([staged("a", b"x" * 60)], **limits).statuses == [STAGED]
+    assert stage_with(stack.staging, [staged("a", b"x" * 60)], **limits).statuses == [STAGED]
     before = stack.staging.totals()
-    assert stack.staging.stage([staged("b", b"y" * 41)], **limits).statuses == [FULL]
+    assert stage_with(stack.staging, [staged("b", b"y" * 41)], **limits).statuses == [FULL]
     assert stack.staging.totals() == before
     assert not stack.staging.client.exists(stack.staging.keys.record("rec-b"))
 
 
 def test_flush_is_requested_once_when_a_threshold_is_crossed(stack: Stack) -> None:
-    wanted = [stack.staging.stage([staged(f"k{i}", b"x")], **LIMITS).flush_wanted for i in range(8)]
+    wanted = [stage_with(stack.staging, [staged(f"k{i}", b"x")], **LIMITS).flush_wanted for i in range(8)]
     assert wanted == [False, False, False, False, True, False, False, False]
     stack.staging.clear_flush_request()
-    assert stack.staging.stage([staged("again", b"x")], **LIMITS).flush_wanted
+    assert stage_with(stack.staging, [staged("again", b"x")], **LIMITS).flush_wanted
 
 
 def test_claim_waits_for_age_bytes_or_count(stack: Stack) -> None:
     now = int(time.time() * 1000)
-    stack.staging.stage([staged("old", b"x" * 10, staged_ms=now - 5_000)], **LIMITS)
+    stage_with(stack.staging, [staged("old", b"x" * 10, staged_ms=now - 5_000)], **LIMITS)
     assert claim(stack.staging, "young", now_ms=now, max_age_ms=10_000) is None
     assert claim(stack.staging, "aged", now_ms=now + 5_000, max_age_ms=10_000) is not None
     # bytes: 600 + 600 > 1000 makes a batch due, and it takes only what fits
-    stack.staging.stage([staged("a", b"x" * 600), staged("b", b"y" * 600)], **LIMITS)
+    stage_with(stack.staging, [staged("a", b"x" * 600), staged("b", b"y" * 600)], **LIMITS)
     batch = claim(stack.staging, "by-bytes", max_age_ms=60_000)
     assert batch is not None and (batch.objects, batch.size_bytes) == (1, 600)
     assert claim(stack.staging, "rest", max_age_ms=60_000) is None
     # count: five objects make a batch due
-    stack.staging.stage([staged(f"c{i}", b"z") for i in range(4)], **LIMITS)
+    stage_with(stack.staging, [staged(f"c{i}", b"z") for i in range(4)], **LIMITS)
     batch = claim(stack.staging, "by-count")
     assert batch is not None and batch.objects == 5
 
@@ -103,17 +104,15 @@ def test_concurrent_claims_never_share_an_object(stack: Stack) -> None:
     total = 3000
     for start in range(0, total, 500):
         objs = [staged(f"k{i}", b"x", record_id=f"r{i:05d}") for i in range(start, start + 500)]
-        stack.staging.stage(objs, max_staged_bytes=10**9, max_batch_bytes=10**9, max_batch_objects=10**6)
+        stage_with(stack.staging, objs, max_staged_bytes=10**9, max_batch_bytes=10**9, max_batch_objects=10**6)
     claimed: list[list[str]] = []
     lock = threading.Lock()
 
     def flusher(n: int) -> None:
-        from batcher.staging import Staging, connect
-
-        mine = Staging(connect(stack.settings.redis_url))
+        mine = Staging.for_settings(stack.settings)
         i = 0
         while (batch := claim(mine, f"b{n}-{i}", force=True, max_objects=37, max_bytes=10**9)) is not None:
-            ids = [e.record_id for e in mine.entries(batch)]
+            ids = mine.record_ids(batch)
             with lock:
                 claimed.append(ids)
             i += 1
@@ -130,17 +129,17 @@ def test_concurrent_claims_never_share_an_object(stack: Stack) -> None:
 
 
 def test_expired_lease_is_taken_over_with_a_new_token(stack: Stack) -> None:
-    stack.staging.stage([staged("a", b"x")], **LIMITS)
+    stage_with(stack.staging, [staged("a", b"x")], **LIMITS)
     now = int(time.time() * 1000)
     batch = claim(stack.staging, "b", now_ms=now, force=True)
     assert batch is not None
-    assert stack.staging.take_over("b", now + 1_000, 30_000) is None  # lease still valid
+    assert stack.staging.take_over("b", now + 1_000) is None  # lease still valid
     assert stack.staging.expired(now + 31_000) == ["b"]
-    taken = stack.staging.take_over("b", now + 31_000, 30_000)
+    taken = stack.staging.take_over("b", now + 31_000)
     assert taken is not None and taken.token != batch.token and taken.s3_key == batch.s3_key
     assert not stack.staging.renew(batch, now + 60_000)  # the old holder is fenced out
     assert not stack.staging.mark_uploaded(batch, '"etag"')
     assert stack.staging.mark_uploaded(taken, '"etag"')
-    stack.staging.delete_records(stack.staging.entries(taken))
+    stack.staging.delete_records(stack.staging.record_ids(taken))
     assert stack.staging.drop(taken)
     assert stack.staging.totals()["staged_bytes"] == 0

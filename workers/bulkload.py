@@ -10,10 +10,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from celery.result import AsyncResult, ResultSet
+from celery.result import AsyncResult
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from batcher.client import Batcher
 from batcher.errors import S3BatchError, StagingError
 
 
@@ -33,6 +32,7 @@ def put_paths(paths: Sequence[Path], *, direct: bool, refs_out: Path | None, pro
     """Stage every file, wait for every batch, write refs; returns 1 when any file failed."""
     from workers.app import app
     from workers.bulkwait import BulkResultSet
+    from workers.direct import Batcher
     from workers.tasks import put_object
 
     failed: dict[Path, str] = {}
@@ -47,7 +47,7 @@ def put_paths(paths: Sequence[Path], *, direct: bool, refs_out: Path | None, pro
             return key, data, mimetypes.guess_type(file.name)[0]
 
         if direct:
-            with Batcher[AsyncResult[Any], ResultSet]() as batcher:
+            with Batcher() as batcher:
                 try:
                     results: list[AsyncResult[Any]] = batcher.put_objects(read(f, k) for f, k in files).results or []
                 except StagingError as exc:  # the files before it are decided (staged ones land); the rest failed

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any
 
 from celery import states
-from celery.backends.redis import RedisBackend
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import ResultSet, assert_will_not_block  # type: ignore[attr-defined]  # not in celery-types
-from vine import barrier
+
+from workers import celery_internals as internals
+from workers.liveness import check_served
 
 _CHUNK = 1000
-# Re-read what is still pending after 1 s without its notification, then 2, 4 ... 30 s: a safety net for a
+# Re-read what is still pending after 1 s without its notification, then 2, 4, 8, 10 s: a safety net for a
 # notification missed (a reconnect), not a poll.
 _RECHECK_FIRST_S = 1.0
-_RECHECK_MAX_S = 30.0
+_RECHECK_MAX_S = 10.0
 
 
 class BulkResultSet(ResultSet):
@@ -32,17 +33,14 @@ class BulkResultSet(ResultSet):
     def __init__(self, results: list[Any], app: Any = None) -> None:
         # Not ResultSet.__init__: its barrier calls then() on every result, which subscribes to each one in its
         # own round trip (0.7 s for 10,000), and joining needs none of it. Without it, then() cannot fire.
-        self._app = app
-        self.results = results
-        self._on_full = None
+        internals.init_result_set(self, results, app)
 
     def then(self, callback: Any, on_error: Any = None, weak: bool = False) -> Any:
         raise NotImplementedError("BulkResultSet does not call back when ready: use join_native() or get()")
 
     def iter_native(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's own, for backends other than Redis: it needs the barrier after all."""
-        if self._on_full is None:
-            cast(Any, self)._set_ready_barrier(barrier(cast(Any, self.results)))  # not in celery-types
+        internals.ensure_barrier(self)
         return super().iter_native(*args, **kwargs)
 
     def join_native(
@@ -59,7 +57,7 @@ class BulkResultSet(ResultSet):
         """Celery's ``ResultSet.join_native``, in bulk on the Redis backend; with a ``callback`` the values go to it
         (and the returned list holds None)."""
         backend = self.backend
-        if not isinstance(backend, RedisBackend) or on_message is not None or on_interval is not None:
+        if not internals.is_redis_backend(backend) or on_message is not None or on_interval is not None:
             return super().join_native(
                 timeout, propagate, interval, callback, no_ack, on_message, on_interval, disable_sync_subtasks
             )
@@ -68,8 +66,8 @@ class BulkResultSet(ResultSet):
         results: list[Any] = list(self.results or [])
         position = {result.id: i for i, result in enumerate(results)}
         values: list[Any] = [None] * len(results)
-        for result in _wait_all(backend, results, timeout):
-            meta = result._cache
+        for result in _wait_all(self.app, backend, results, timeout):
+            meta = internals.cached_meta(result) or {}
             if propagate and meta["status"] in states.PROPAGATE_STATES:
                 raise meta["result"]
             if callback is not None:
@@ -79,15 +77,21 @@ class BulkResultSet(ResultSet):
         return values
 
 
-def _wait_all(backend: RedisBackend, results: list[Any], timeout: float | None) -> Iterator[Any]:
-    """Yield each result once it is ready (its meta cached on it), in the order they become ready."""
-    deadline = None if timeout is None else time.monotonic() + timeout
+def _wait_all(app: Any, backend: Any, results: list[Any], timeout: float | None) -> Iterator[Any]:
+    """Yield each result once it is ready (its meta cached on it), in the order they become ready.
+
+    Raises NoWorkerError when results wait on a queue that no worker serves (workers.liveness).
+    """
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
     pending: dict[bytes, Any] = {}
+    states_seen: dict[bytes, str] = {}
     for result in results:
-        if result._cache is not None and result._cache["status"] in states.READY_STATES:
+        meta = internals.cached_meta(result)
+        if meta is not None and meta["status"] in states.READY_STATES:
             yield result
         else:
-            pending[_as_bytes(backend.get_key_for_task(result.id))] = result
+            pending[internals.result_key(backend, result.id)] = result
     if not pending:
         return
     client: Any = backend.client
@@ -97,7 +101,7 @@ def _wait_all(backend: RedisBackend, results: list[Any], timeout: float | None) 
         for start in range(0, len(keys), _CHUNK):
             pubsub.subscribe(*keys[start : start + _CHUNK])
         # Subscribed first, read second: a result stored in between is in the read or in a message.
-        yield from _read_ready(backend, client, pending)
+        yield from _read_ready(backend, client, pending, states_seen)
         every = _RECHECK_FIRST_S
         recheck = time.monotonic() + every
         while pending:
@@ -105,7 +109,8 @@ def _wait_all(backend: RedisBackend, results: list[Any], timeout: float | None) 
             if deadline is not None and now >= deadline:
                 raise CeleryTimeoutError(f"{len(pending)} of {len(results)} results were not ready in {timeout} s")
             if now >= recheck:
-                yield from _read_ready(backend, client, pending)
+                yield from _read_ready(backend, client, pending, states_seen)
+                check_served(app, {states_seen.get(key, states.PENDING) for key in pending}, now - started)
                 every = min(_RECHECK_MAX_S, every * 2)
                 recheck = time.monotonic() + every
                 continue
@@ -114,27 +119,36 @@ def _wait_all(backend: RedisBackend, results: list[Any], timeout: float | None) 
             if message is None or message["type"] != "message":
                 continue
             key = _as_bytes(message["channel"])
-            if key in pending and _cache_if_ready(backend, pending[key], message["data"]):
-                yield pending.pop(key)
+            if key in pending:
+                status = _cache_if_ready(backend, pending[key], message["data"])
+                if status in states.READY_STATES:
+                    yield pending.pop(key)
+                else:
+                    states_seen[key] = status
     finally:
         pubsub.close()
 
 
-def _read_ready(backend: RedisBackend, client: Any, pending: dict[bytes, Any]) -> Iterator[Any]:
+def _read_ready(backend: Any, client: Any, pending: dict[bytes, Any], states_seen: dict[bytes, str]) -> Iterator[Any]:
     keys = list(pending)
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
         for key, payload in zip(chunk, client.mget(chunk), strict=True):
-            if payload is not None and _cache_if_ready(backend, pending[key], payload):
+            if payload is None:
+                continue
+            status = _cache_if_ready(backend, pending[key], payload)
+            if status in states.READY_STATES:
                 yield pending.pop(key)
+            else:
+                states_seen[key] = status
 
 
-def _cache_if_ready(backend: RedisBackend, result: Any, payload: bytes | str) -> bool:
+def _cache_if_ready(backend: Any, result: Any, payload: bytes | str) -> str:
+    """The stored state; when final, cached on ``result`` (a later get() costs no round trip)."""
     meta = backend.decode_result(_as_bytes(payload))
-    if meta["status"] not in states.READY_STATES:
-        return False
-    result._set_cache(meta)  # what AsyncResult.get() reads, so a later get() costs no round trip
-    return True
+    if meta["status"] in states.READY_STATES:
+        internals.cache_meta(result, meta)
+    return str(meta["status"])
 
 
 def _as_bytes(key: bytes | str) -> bytes:

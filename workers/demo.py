@@ -47,15 +47,16 @@ def run_demo(*, objects: int, workers: int, concurrency: int, read_back: int, se
     """Send ``objects`` sample objects through put_object.delay() and report; returns an exit code."""
     with ExitStack() as stack:
         bucket, where = _configure(stack)
-        # Imported only now: the Celery app reads its configuration from the environment at import.
+        # Imported only now: the Celery app reads its configuration from the environment set above.
         from celery.result import ResultSet
 
         from batcher import BatchReader, BatchRef
         from batcher.uploader import s3_client
-        from workers.app import settings
+        from workers.app import app
         from workers.process import WorkerProcess
         from workers.tasks import put_object
 
+        settings = app.s3batch_settings
         s3 = s3_client()
         try:
             s3.head_bucket(Bucket=bucket)

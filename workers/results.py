@@ -1,135 +1,125 @@
-"""Writes task states into Celery's result backend on behalf of the staging task and the flush.
+"""Task states in Celery's result backend: written for put_object and the flush, read by producers' waits.
 
-On the Redis backend every write is one Lua call per few hundred tasks that does what the
-backend itself does per task (SET with the result's expiry, then PUBLISH, so that every
-waiting ``AsyncResult.get()`` wakes at once); STAGED and FAILURE never replace a final state.
-Other backends get the generic calls.
+On the Redis backend every write is one Lua call per few hundred tasks that does
+what the backend itself does per task (SET with the result's expiry, then
+PUBLISH, so that every waiting ``AsyncResult.get()`` wakes at once); STAGED and
+FAILURE never replace a final state. Other backends get the generic calls.
+
+``PutObjectResult`` is the AsyncResult that put_object and ``Batcher`` hand
+out: its waits raise ``NoWorkerError`` instead of hanging when no worker
+serves the queues.
 """
 
 from __future__ import annotations
 
-import json
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from celery import Celery, states
-from celery.backends.redis import RedisBackend
+from celery.result import AsyncResult
 
-from batcher.models import BatchRef
-from workers import canvas
+from batcher.models import BatchRef, StagedObject
+from workers import celery_internals as internals
+from workers.context import TaskContext
+from workers.liveness import check_served
+from workers.monitoring import announce_failed, announce_uploaded, events_on
 
 STAGED = "STAGED"
 _CHUNK = 500  # results per round trip
 
-# Store and announce many results in one call: SET + PUBLISH per task, exactly what the backend itself does,
-# so that every waiting AsyncResult wakes. With ARGV[2] = '1' a task that already reached SUCCESS or FAILURE
-# is left alone: a STAGED written after the flush was faster, or a dead letter's FAILURE after a first flush
-# published SUCCESS, must not undo it. (Celery's Redis result backend is one Redis server, never a Cluster.)
-_WRITE = """
-local ttl = tonumber(ARGV[1])
-local guarded = ARGV[2] == '1'
-local written = 0
-for i, key in ipairs(KEYS) do
-  local final = false
-  if guarded then
-    local current = redis.call('GET', key)
-    if current then
-      local ok, meta = pcall(cjson.decode, current)
-      final = ok and type(meta) == 'table' and (meta.status == 'SUCCESS' or meta.status == 'FAILURE')
-    end
-  end
-  if not final then
-    local value = ARGV[i + 2]
-    if ttl > 0 then
-      redis.call('SET', key, value, 'EX', ttl)
-    else
-      redis.call('SET', key, value)
-    end
-    redis.call('PUBLISH', key, value)
-    written = written + 1
-  end
-end
-return written
-"""
-
 
 class ResultWriter:
-    """Stores STAGED and SUCCESS states for put_object tasks."""
+    """Stores STAGED, SUCCESS and FAILURE states for put_object tasks (the flush's ResultSink)."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, hostname: str | None = None) -> None:
         self.app = app
+        self.hostname = hostname
+        """The worker name monitors see on the final events (the flushing worker's)."""
         self.backend: Any = cast(Any, app.backend)  # celery-types does not describe RedisBackend's client and keys
-        redis_backend = isinstance(self.backend, RedisBackend)
-        self._write_script = self.backend.client.register_script(_WRITE) if redis_backend else None
-        # Plain JSON is what the backend's own encoder writes for these JSON-safe results, at a third of the cost
-        # (it runs once per object); any other serializer or a compression goes through the backend.
-        self._plain_json = self.backend.serializer == "json" and not self.backend.compression
-
-    def _meta(self, task_id: str, state: str, result: Any, date_done: str | None = None) -> str:
-        meta = {
-            "status": state,
-            "result": result,
-            "traceback": None,
-            "children": [],
-            "date_done": (date_done or _now_iso()) if state in states.READY_STATES else None,
-            "task_id": task_id,
-        }
-        if self._plain_json:
-            return json.dumps(meta)
-        encoded: str | bytes = self.backend.encode(meta)
-        return encoded.decode() if isinstance(encoded, bytes) else encoded
+        redis_backend = internals.is_redis_backend(self.backend)
+        self._store = self.backend.client.register_script(internals.STORE_SCRIPT) if redis_backend else None
 
     def mark_staged(self, task_id: str, info: dict[str, Any]) -> None:
         """Record that the object's bytes are in Redis staging."""
         self._write([(task_id, STAGED, info)], unless_final=True)
 
-    def mark_staged_many(self, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """mark_staged for many tasks, a few hundred per round trip."""
-        self._write([(task_id, STAGED, info) for task_id, info in items], unless_final=True)
+    def mark_staged_many(self, objects: Sequence[StagedObject]) -> None:
+        """mark_staged for many objects, a few hundred per round trip."""
+        self._write([(o.record_id, STAGED, staged_info(o)) for o in objects], unless_final=True)
 
-    def publish(self, refs: Sequence[tuple[str, BatchRef]], contexts: Mapping[str, str]) -> None:
-        """Store SUCCESS with each ref's dict, then run the canvas of the records that have one."""
-        self._write([(task_id, states.SUCCESS, ref.to_dict()) for task_id, ref in refs], unless_final=False)
-        if self.app.conf.worker_send_task_events:
-            self._send_events("task-succeeded", [(task_id, {"result": repr(ref.to_dict())}) for task_id, ref in refs])
-        for task_id, ref in refs:
-            if task_id in contexts:
-                canvas.on_success(self.app, task_id, ref.to_dict(), contexts[task_id])
+    def publish(self, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
+        """Store SUCCESS with each ref's dict, tell monitors, then run the canvas of the objects that have one."""
+        self._write([(head.record_id, states.SUCCESS, ref.to_dict()) for head, ref in uploaded], unless_final=False)
+        if events_on(self.app):
+            announce_uploaded(self.app, self.hostname, uploaded)
+        for head, ref in uploaded:
+            canvas = TaskContext.decode(head.context).canvas
+            if canvas:
+                internals.replay_success(self.app, head.record_id, ref.to_dict(), canvas)
 
-    def fail(self, record_ids: Sequence[str], error: Exception, contexts: Mapping[str, str]) -> None:
+    def fail(self, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]) -> None:
         """Store FAILURE with ``error`` (rebuilt as its class by the caller's ``get()``); run errbacks."""
-        if self.app.conf.worker_send_task_events:
-            self._send_events("task-failed", [(task_id, {"exception": repr(error)}) for task_id in record_ids])
+        if events_on(self.app):
+            announce_failed(self.app, self.hostname, record_ids, error, dict(heads))
+        canvases = {
+            rid: c for rid in record_ids if rid in heads and (c := TaskContext.decode(heads[rid].context).canvas)
+        }
         encoded = self.backend.prepare_exception(error)
-        self._write(
-            [(task_id, states.FAILURE, encoded) for task_id in record_ids if task_id not in contexts], unless_final=True
-        )
-        for task_id in record_ids:
-            if task_id in contexts:
-                canvas.on_failure(self.app, task_id, error, contexts[task_id])
+        self._write([(rid, states.FAILURE, encoded) for rid in record_ids if rid not in canvases], unless_final=True)
+        for record_id, canvas in canvases.items():
+            internals.replay_failure(self.app, record_id, error, canvas)
 
-    def _send_events(self, event: str, items: Sequence[tuple[str, dict[str, Any]]]) -> None:
-        """Tell monitors such as Flower the final state (callers check worker_send_task_events first)."""
-        with self.app.events.default_dispatcher() as dispatcher:
-            for task_id, fields in items:
-                dispatcher.send(event, uuid=task_id, **fields)
+    def refuse(self, record_id: str, error: Exception) -> None:
+        """Store FAILURE for an object that was never staged."""
+        self.backend.mark_as_failure(record_id, error)
 
     def _write(self, items: Sequence[tuple[str, str, Any]], *, unless_final: bool) -> None:
         """Store (task id, state, result) items; with ``unless_final`` never over a SUCCESS or FAILURE."""
-        if self._write_script is None:
+        if self._store is None:
             for task_id, state, result in items:
                 if not (unless_final and self.backend.get_state(task_id) in states.READY_STATES):
                     self.backend.store_result(task_id, result, state)
             return
-        ttl = int(self.backend.expires or 0)
-        date_done = _now_iso()
+        ttl = internals.result_ttl_s(self.backend)
+        date_done = datetime.now(UTC).isoformat()
         for start in range(0, len(items), _CHUNK):
             chunk = items[start : start + _CHUNK]
-            keys = [self.backend.get_key_for_task(task_id) for task_id, _, _ in chunk]
-            values = [self._meta(task_id, state, result, date_done) for task_id, state, result in chunk]
-            self._write_script(keys=keys, args=[ttl, int(unless_final), *values])
+            keys = [internals.result_key(self.backend, task_id) for task_id, _, _ in chunk]
+            values = [
+                internals.result_meta(self.backend, task_id, state, result, date_done)
+                for task_id, state, result in chunk
+            ]
+            self._store(keys=keys, args=[ttl, int(unless_final), *values])
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat()
+def staged_info(obj: StagedObject) -> dict[str, Any]:
+    """What a STAGED result holds: the object's key, size and SHA-256."""
+    return {"object_key": obj.object_key, "size": obj.size, "sha256": obj.sha256}
+
+
+class PutObjectResult(AsyncResult):  # type: ignore[type-arg]
+    """The result of one put_object: ``get()`` raises NoWorkerError when no worker serves the queue it waits on.
+
+    A PENDING result needs a worker on the ``s3batch`` queue, a STAGED one a worker on ``s3batch.flush``; a wait
+    that has lasted S3BATCH_NO_WORKER_TIMEOUT while none has reported for that long gives up with the reason.
+    """
+
+    def get(  # type: ignore[override]  # Celery's keywords pass through **kwargs
+        self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5, **kwargs: Any
+    ) -> Any:
+        waiting_since = time.monotonic()
+        given = kwargs.pop("on_interval", None)
+        limit_s = cast(Any, self.app).s3batch_settings.no_worker_timeout_s
+        next_check = [waiting_since + limit_s]
+
+        def on_interval() -> None:
+            if given is not None:
+                given()
+            now = time.monotonic()
+            if now >= next_check[0]:
+                next_check[0] = now + 2.0
+                check_served(self.app, [self.state], now - waiting_since)
+
+        return super().get(timeout=timeout, propagate=propagate, interval=interval, on_interval=on_interval, **kwargs)

@@ -14,7 +14,7 @@ if not head then
 end
 local queued_bytes = tonumber(redis.call('HGET', KEYS[2], 'queued_bytes') or '0')
 local queued_objects = redis.call('LLEN', KEYS[1])
-local oldest = tonumber(string.match(head, '^(%d+) '))
+local oldest = entry_parse(head)
 local due = ARGV[9] == '1' or now - oldest >= max_age or queued_objects >= max_objects
   or queued_bytes >= max_bytes
 if not due then
@@ -24,7 +24,7 @@ end
 local entries = redis.call('LRANGE', KEYS[1], 0, max_objects - 1)
 local take, bytes = 0, 0
 for i, entry in ipairs(entries) do
-  local size = tonumber(string.match(entry, '^%d+ (%d+) '))
+  local _, size = entry_parse(entry)
   if take > 0 and bytes + size > max_bytes then
     break
   end

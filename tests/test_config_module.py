@@ -1,0 +1,73 @@
+"""One configuration: a Celery configuration module is seen alike by the worker, ``Batcher`` and ``s3batch stats``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.support import Stack
+from workers.process import ROOT, WorkerProcess
+
+
+def module_env(stack: Stack, tmp_path: Path, source: str) -> dict[str, str]:
+    """An environment whose S3BATCH_* variables point elsewhere, and a module (on PYTHONPATH) that says the truth."""
+    folder = tmp_path / "config"
+    folder.mkdir()
+    (folder / "s3batch_site_config.py").write_text(source)
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(folder), str(ROOT)]),
+        S3BATCH_CELERY_CONFIG="s3batch_site_config",
+        S3BATCH_BUCKET="not-this-bucket",
+        S3BATCH_MAX_BATCH_AGE="600",
+    )  # S3BATCH_REDIS_URL stays the tests' database 0: only the module names the stack's
+    return env
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_worker_batcher_and_stats_read_the_same_module(stack: Stack, tmp_path: Path) -> None:
+    env = module_env(
+        stack,
+        tmp_path,
+        f"s3batch_redis_url = {stack.settings.redis_url!r}\n"
+        f"s3batch_bucket = {stack.settings.bucket!r}\n"
+        's3batch_max_batch_age_s = "1"\n'  # a string, as from os.environ.get: parsed, not a TypeError
+        'broker_transport_options = {"max_connections": 40}\n',
+    )
+    worker = WorkerProcess(env, "configured", tmp_path, beat=True)
+    stack.workers.append(worker)
+    worker.wait_ready()
+    assert "redelivered after 10 s" in worker.log()  # s3batch's transport options survive the module's
+    produce = (
+        "import json\nfrom workers import Batcher\n"
+        "with Batcher() as batcher:\n"
+        "    result = batcher.put_object('configured/key', b'from the module')\n"
+        "    print(json.dumps(result.get(timeout=60)))\n"
+    )
+    done = run(env, sys.executable, "-c", produce)
+    assert done.returncode == 0, done.stderr
+    ref = json.loads(done.stdout.splitlines()[-1])
+    assert ref["bucket"] == stack.settings.bucket
+    assert stack.tar_bytes(ref["key"])[ref["offset"] : ref["offset"] + ref["size"]] == b"from the module"
+    stats = run(env, sys.executable, "-m", "batcher.cli", "stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["uploaded_objects"] == 1
+
+
+def test_a_bad_module_value_stops_the_worker_with_its_name(stack: Stack, tmp_path: Path) -> None:
+    env = module_env(stack, tmp_path, 's3batch_max_batch_age_s = "five"\n')
+    started = time.monotonic()
+    done = run(env, sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--without-mingle")
+    assert done.returncode != 0
+    assert time.monotonic() - started < 20
+    assert "s3batch_max_batch_age_s in S3BATCH_CELERY_CONFIG='s3batch_site_config'='five'" in done.stderr
+    assert "Traceback" not in done.stderr
+    stats = run(env, sys.executable, "-m", "batcher.cli", "stats")
+    assert stats.returncode == 1 and stats.stderr.startswith("s3batch: error: s3batch_max_batch_age_s in")
