@@ -22,14 +22,16 @@ from batcher import operations
 from batcher.config import Settings
 from batcher.cost import cost_table
 from batcher.errors import InvalidRefError, S3BatchError
-from batcher.extract import MANIFEST, extract
+from batcher.extract import MANIFEST_NAME, extract_batch
 from batcher.index import ObjectInfo
 from batcher.models import BatchRef
+from batcher.printable import printable
 from batcher.reader import BatchReader
 from batcher.staging import Staging
 from batcher.tarstream import Progress
 
 ENTRY_POINT_GROUP = "s3batch.commands"
+MANIFEST = MANIFEST_NAME
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ def _staging() -> Staging:
 
 
 def _print_json(row: Any) -> None:
-    print(json.dumps(row, sort_keys=True, ensure_ascii=False))
+    # ASCII only: a batch's keys and metadata are untrusted, and JSON escapes keep control and bidi
+    # characters from reaching the terminal.
+    print(json.dumps(row, sort_keys=True))
 
 
 # ---- stats, cost, dead letters, retry ----
@@ -153,14 +157,14 @@ def _ls(args: argparse.Namespace) -> int:
             _print_json(_describe(info))
         return 0
     print(
-        f"s3://{bucket}/{key}: batch {index.batch_id}, {len(index.objects):,} objects, created {index.created}, "
-        f"written by {index.writer}, format {index.format}"
+        f"{_url(bucket, key)}: batch {printable(index.batch_id)}, {len(index.objects):,} objects, created "
+        f"{printable(index.created)}, written by {printable(index.writer)}, format {index.format}"
     )
     print(f"{'offset':>14}  {'size':>10}  {'content type':24}  key")
     for info in index.objects:
         ref = info.ref
         shown = ref.object_key if ref.object_key.isprintable() else json.dumps(ref.object_key)
-        print(f"{ref.offset:>14}  {ref.size:>10}  {info.content_type or '-':24}  {shown}")
+        print(f"{ref.offset:>14}  {ref.size:>10}  {printable(info.content_type or '-'):24}  {shown}")
     return 0
 
 
@@ -216,10 +220,11 @@ def _extract_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _extract(args: argparse.Namespace) -> int:
     bucket, key = args.batch
-    with _progress_bar(f"s3://{bucket}/{key}", not args.no_progress) as update:
-        done = extract(BatchReader(), bucket, key, args.directory, update)
+    with _progress_bar(_url(bucket, key), not args.no_progress) as update:
+        done = extract_batch(BatchReader(), bucket, key, args.directory, progress=update)
     print(
-        f"extracted {done.objects:,} objects ({done.bytes:,} bytes) to {args.directory}; exact keys in {done.manifest}",
+        f"extracted {done.objects:,} objects ({done.bytes_written:,} bytes) to {printable(str(done.directory))}; "
+        f"exact keys in {printable(str(done.manifest))}",
         file=sys.stderr,
     )
     return 0
@@ -227,15 +232,24 @@ def _extract(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     bucket, key = args.batch
-    with _progress_bar(f"s3://{bucket}/{key}", not args.no_progress) as update:
+    with _progress_bar(_url(bucket, key), not args.no_progress) as update:
         check = BatchReader().verify(bucket, key, progress=update)
     if check.ok:
-        print(f"s3://{bucket}/{key}: intact: {check.objects:,} objects, {check.bytes_read:,} bytes, checksums match")
+        print(f"{_url(bucket, key)}: intact: {check.objects:,} objects, {check.bytes_read:,} bytes, checksums match")
         return 0
-    print(f"s3://{bucket}/{key}: DAMAGED ({len(check.problems)} problems after {check.objects:,} objects)")
+    print(f"{_url(bucket, key)}: DAMAGED ({len(check.problems)} problems after {check.objects:,} objects)")
     for problem in check.problems:
-        print(f"  {problem}")
+        print(f"  {_shown(problem)}")
     return 1
+
+
+def _url(bucket: str, key: str) -> str:
+    return f"s3://{printable(bucket)}/{printable(key)}"
+
+
+def _shown(message: str) -> str:
+    """A message as it may reach a terminal: the reader's are escaped already, others are escaped here."""
+    return message if message.isprintable() else printable(message)
 
 
 def _verify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -280,7 +294,8 @@ COMMANDS = [
     Command("extract", "stream a batch into a directory, every checksum checked", _extract_arguments, _extract,
             "Writes every object at its member name under DIR (the key itself wherever the key is a safe relative "
             f"path), never outside DIR, and DIR/{MANIFEST}: one JSON object per line mapping each exact key to its "
-            "path, with its size, sha256, content type and metadata."),
+            "path, with its size, sha256, content type and metadata. DIR must be new or empty; nothing is left "
+            "in it unless every object was checked."),
     Command("verify", "read a whole batch and check every checksum; exit status 0 when intact, 1 when not",
             _verify_arguments, _verify,
             "Checks every object's SHA-256, the index against the members, the trailer, and the tar's SHA-256 "
@@ -310,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         status: int = args.run(args)
         return status
     except (S3BatchError, OSError) as exc:
-        print(f"s3batch: error: {exc}", file=sys.stderr)
+        print(f"s3batch: error: {_shown(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("s3batch: interrupted", file=sys.stderr)

@@ -90,3 +90,7 @@ class ChecksumMismatchError(ReadError):
 
 class CorruptedBatchError(ReadError):
     """Raised when a batch's tar, index or trailer is damaged, truncated or not written by s3batch."""
+
+
+class MemoryLimitError(ReadError):
+    """Raised when a read would hold more than the reader's max_memory_bytes: raise the limit or read less at once."""

@@ -6,13 +6,16 @@ import io
 import json
 import random
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from batcher.errors import CorruptedBatchError
+from batcher.errors import CorruptedBatchError, MemoryLimitError
 from batcher.index import (
     INDEX_NAME,
+    METADATA_ITEM_MEMORY_BYTES,
+    ROW_MEMORY_BYTES,
     TRAILER_NAME,
     TRAILER_SIZE,
     IndexEntry,
@@ -21,11 +24,13 @@ from batcher.index import (
     decode_trailer,
     encode_index,
     encode_trailer,
+    entry_from_facts,
     is_reserved,
     locate_index,
     location_from_metadata,
     member_comment,
     member_entry,
+    read_index,
     s3_metadata,
 )
 from batcher.membernames import member_names, safe_name
@@ -212,3 +217,107 @@ def test_s3_metadata_locates_the_index_in_one_head() -> None:
     assert location_from_metadata(metadata) == location
     assert location_from_metadata({}) is None
     assert location_from_metadata({"s3batch-index": "1,2,zz"}) is None
+
+
+# ---- decoding what the writer never writes ----
+
+
+def _index_with_row(row: str) -> bytes:
+    return encode_index("b", 0, ENTRIES[:1]).replace(b'"objects":1', b'"objects":2') + row.encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"[" * 50_000 + b"\n", "not UTF-8 JSON"),  # nesting deep enough for a RecursionError in json
+        (b"[" * 70_000 + b"\n", "not an s3batch index"),  # a header line longer than any the writer makes
+        (_index_with_row("[" * 50_000), "not UTF-8 JSON"),
+        (encode_index("b", 0, ENTRIES) + b"\n", "more rows than"),
+        (_index_with_row('["k", null, 0, 1, "' + SHA + '", null, {}, 1]'), "malformed row 1"),
+        (_index_with_row('["k", "../k", 0, 1, "' + SHA + '", null, {}]'), "not a safe relative path"),
+        (_index_with_row('["k", "a\\u001b[2J", 0, 1, "' + SHA + '", null, {}]'), "not a safe relative path"),
+        (_index_with_row('["\\ud800", "n", 0, 1, "' + SHA + '", null, {}]'), "malformed"),
+        (_index_with_row('["' + "k" * 1025 + '", "n", 0, 1, "' + SHA + '", null, {}]'), "malformed"),
+        (_index_with_row('["k", null, 0, 1, "' + SHA + '", "a\\r\\nb", {}]'), "malformed"),
+        (_index_with_row('["k", null, 0, 1, "' + SHA + '", null, {"bad name": "v"}]'), "malformed"),
+        (_index_with_row('["k", null, 0, 1, "' + SHA + '", null, {"m": "' + "v" * 2048 + '"}]'), "malformed"),
+        (_index_with_row('["k", null, 0, ' + str(2**63) + ', "' + SHA + '", null, {}]'), "malformed"),
+        (_index_with_row('["k", null, 0, true, "' + SHA + '", null, {}]'), "malformed"),
+        (_index_with_row('["k", null, 0, 1, "' + SHA + '", null, {"m": "' + "v" * 70_000 + '"}]'), "no line end"),
+        (encode_index("b", 0, ENTRIES).replace(b'"objects":3', b'"objects":true'), "no object count"),
+        (encode_index("b", 0, ENTRIES).replace(b'"key",', b""), "has fields"),
+    ],
+)
+def test_an_index_the_writer_never_writes_is_refused(data: bytes, message: str) -> None:
+    with pytest.raises(CorruptedBatchError, match=message):
+        decode_index(data, bucket="bkt", key="b/1.tar", etag='"e"')
+
+
+def test_rows_are_read_one_at_a_time() -> None:
+    header, rows = read_index(encode_index("01JROWS", 5, ENTRIES), "an index")
+    assert (header.batch_id, header.objects, header.created) == ("01JROWS", 3, "1970-01-01T00:00:00.005Z")
+    assert [entry for entry, _ in rows] == ENTRIES
+    _, rows = read_index(encode_index("b", 0, ENTRIES).replace(SHA.encode(), b"x" * 64), "an index")
+    with pytest.raises(CorruptedBatchError, match="row 0 of an index has malformed"):
+        next(rows)
+
+
+def test_decoding_stops_at_the_memory_limit() -> None:
+    entries = [IndexEntry(f"k/{n}", f"k/{n}", n * 1024, 1, SHA, None, {}) for n in range(10_000)]
+    data = encode_index("01JMEM", 0, entries)
+    assert len(decode_index(data, bucket="b", key="k", etag="e", max_memory_bytes=16 * 1024 * 1024).objects) == 10_000
+    with pytest.raises(MemoryLimitError, match=r"lists 10,000 objects; decoding them takes more than .*\(1,048,576\)"):
+        decode_index(data, bucket="b", key="k", etag="e", max_memory_bytes=1024 * 1024)
+
+
+LONG = "/".join(["k" * 200] * 5)
+
+
+def test_decoded_rows_cost_no_more_than_the_estimate() -> None:
+    """The estimate that decode_index charges per row must stay above what rows really take."""
+    cases = {
+        "short": [IndexEntry(f"{n}", f"{n}", n, 1, SHA, None, {}) for n in range(5000)],
+        "typical": [IndexEntry(f"users/{n}/a.png", f"users/{n}/a.png", n, 9, SHA, "image/png", {"o": "1"})
+                    for n in range(5000)],
+        "many metadata": [IndexEntry(f"{n}", f"{n}", n, 1, SHA, None, {f"m{i}": "" for i in range(200)})
+                          for n in range(500)],
+        "long keys": [IndexEntry(LONG + str(n), LONG + str(n), n, 1, SHA, None, {}) for n in range(2000)],
+    }  # fmt: skip
+    for name, entries in cases.items():
+        data = encode_index("01JCOST", 0, entries)
+        estimate = len(data) + sum(
+            ROW_MEMORY_BYTES + len(line) + METADATA_ITEM_MEMORY_BYTES * len(entry.metadata)
+            for entry, line in zip(entries, data.split(b"\n")[1:], strict=False)
+        )
+        tracemalloc.start()
+        try:
+            index = decode_index(data, bucket="b", key="k", etag="e")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert len(index.objects) == len(entries)
+        assert peak + len(data) < estimate, (name, peak, estimate)
+
+
+def test_member_facts_must_be_json_the_writer_writes() -> None:
+    for comment, message in [
+        ("[" * 100_000, "not UTF-8 JSON"),
+        ('{"s3batch": 1, "sha256": "' + SHA + '", "key": "' + "k" * 1025 + '"}', "malformed"),
+        ('{"s3batch": 1, "sha256": "' + SHA + '", "content_type": "a\\nb"}', "malformed"),
+    ]:
+        with pytest.raises(CorruptedBatchError, match=message):
+            entry_from_facts("name", 512, 1, comment, "a member")
+    with pytest.raises(CorruptedBatchError, match="not a safe relative path"):
+        entry_from_facts("../name", 512, 1, '{"s3batch": 1, "sha256": "' + SHA + '"}', "a member")
+
+
+def test_the_trailer_must_be_a_regular_file_of_the_writer() -> None:
+    _, data = build(1)
+    at = data.rindex(TRAILER_NAME.encode())  # the trailer's header block
+    for field, value in ((156, b"2"), (257, b"ustar  \0")):  # a symlink; GNU tar's magic
+        damaged = bytearray(data)
+        damaged[at + field : at + field + len(value)] = value
+        damaged[at + 148 : at + 156] = b"        "
+        damaged[at + 148 : at + 156] = b"%06o\0 " % sum(damaged[at : at + 512])
+        with pytest.raises(CorruptedBatchError, match="not a tar header"):
+            locate_index(bytes(damaged), len(damaged))

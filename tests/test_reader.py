@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import random
 import tarfile
+import time
+import tracemalloc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,15 +19,18 @@ from batcher.errors import (
     ChecksumMismatchError,
     CorruptedBatchError,
     InvalidRefError,
+    MemoryLimitError,
     ReadError,
+    S3BatchError,
 )
 from batcher.flush import Flusher
 from batcher.index import location_from_metadata
 from batcher.models import StagedObject
-from batcher.reader import TAIL_BYTES
+from batcher.reader import MAX_PROBLEMS, TAIL_BYTES
 from batcher.tarwriter import build_tar
 from batcher.uploader import Uploader
 from tests.factories import stage_with
+from tests.hostile import craft
 from tests.support import Stack
 
 CREATED_MS = 1_700_000_000_000
@@ -358,3 +363,113 @@ def test_padding_damage_fails_the_tar_digest(stack: Stack) -> None:
     stack.s3.put_object(Bucket=bucket, Key="r/pad.tar", Body=bytes(data), Metadata=head["Metadata"])
     check = BatchReader(stack.s3).verify(bucket, "r/pad.tar")
     assert check.problems == [check.problems[0]] and "uploaded as" in check.problems[0]
+
+
+# ---- bounded memory ----
+
+MiB = 1024 * 1024
+
+
+def traced_peak(call: Any) -> tuple[Any, int]:
+    """What ``call()`` returns or raises, and the tracemalloc peak while it ran, in bytes."""
+    tracemalloc.start()
+    try:
+        try:
+            result = call()
+        except S3BatchError as exc:
+            result = exc
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_max_memory_bytes_must_be_sensible(stack: Stack) -> None:
+    assert BatchReader(stack.s3).max_memory_bytes == 64 * MiB
+    for bad in (-1, 0, TAIL_BYTES - 1, 1.5, None):
+        with pytest.raises(ValueError, match="max_memory_bytes"):
+            BatchReader(stack.s3, max_memory_bytes=bad)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def big_batch(stack: Stack) -> list[BatchRef]:
+    """Three objects of 8 MiB: a 24 MiB tar, whose download would show in time and memory."""
+    return upload(stack, "r/big.tar", [bytes([n]) * 8 * MiB for n in range(3)])
+
+
+def test_a_ref_larger_than_the_tar_fails_before_its_body_is_read(stack: Stack, big_batch: list[BatchRef]) -> None:
+    huge = replace(big_batch[0], size=10**12)
+    seen = traffic(stack.s3)
+    with pytest.raises(MemoryLimitError, match="max_memory_bytes"):
+        BatchReader(stack.s3).get(huge)  # over the default limit: no request at all
+    with pytest.raises(MemoryLimitError):
+        BatchReader(stack.s3).get_many([big_batch[1], huge])
+    assert seen.requests == []
+    unlimited = BatchReader(stack.s3, max_memory_bytes=10**13)
+    for call in (lambda: unlimited.get(huge), lambda: unlimited.get_many([huge, big_batch[1]])):
+        started = time.perf_counter()
+        error, peak = traced_peak(call)
+        assert isinstance(error, InvalidRefError) and "runs past the end of the tar" in str(error), error
+        assert peak < 2 * MiB and time.perf_counter() - started < 1  # the 24 MiB behind the offset were not read
+    assert unlimited.get_many(big_batch[1:]) == [b"\1" * 8 * MiB, b"\2" * 8 * MiB]
+
+
+def test_get_many_counts_each_distinct_object_once(stack: Stack, big_batch: list[BatchRef]) -> None:
+    reader = BatchReader(stack.s3, max_memory_bytes=20 * MiB)
+    repeated = reader.get_many([big_batch[0], big_batch[1], big_batch[0]])
+    assert repeated[0] is repeated[2]  # one bytes object for both refs
+    with pytest.raises(MemoryLimitError, match="3 distinct objects"):
+        reader.get_many(big_batch)
+
+
+def test_an_index_larger_than_the_limit_is_refused_after_one_get(stack: Stack) -> None:
+    bucket = stack.settings.bucket or ""
+    stack.s3.put_object(Bucket=bucket, Key="r/idx.tar", Body=craft([], index=b"x" * 3 * MiB))
+    seen = traffic(stack.s3)
+    with pytest.raises(MemoryLimitError, match=r"the index of s3://.* \(3,145,728 bytes\)"):
+        BatchReader(stack.s3, max_memory_bytes=2 * MiB).index(bucket, "r/idx.tar")
+    assert len(seen.requests) == 1 and sum(seen.get_bytes) == TAIL_BYTES
+
+
+def test_verify_streams_and_iter_batch_holds_one_object(stack: Stack) -> None:
+    refs = upload(stack, "r/one.tar", [b"s" * 100, b"\7" * 24 * MiB, b"t" * 100])
+    bucket, key = refs[0].bucket, refs[0].key
+    check, peak = traced_peak(lambda: BatchReader(stack.s3).verify(bucket, key))
+    assert check.ok and peak < 4 * MiB  # 1 MiB chunks, never the 24 MiB object
+    small = BatchReader(stack.s3, max_memory_bytes=16 * MiB)
+    seen: list[str] = []
+    with pytest.raises(MemoryLimitError, match=r"'o1' \(25,165,824 bytes\)"):
+        seen.extend(info.ref.object_key for info, _ in small.iter_batch(bucket, key))
+    assert seen == ["o0"]
+    assert small.verify(bucket, key).ok  # verify holds no object, whatever the limit
+    sizes, peak = traced_peak(lambda: [len(data) for _, data in BatchReader(stack.s3).iter_batch(bucket, key)])
+    assert sizes == [100, 24 * MiB, 100] and peak < 2 * 24 * MiB + 4 * MiB
+
+
+def test_verify_lists_a_bounded_number_of_damaged_objects(stack: Stack) -> None:
+    refs = upload(stack, "r/bad.tar", [bytes([n % 256]) * 10 for n in range(150)])
+    data = bytearray(stack.tar_bytes("r/bad.tar"))
+    for ref in refs:
+        data[ref.offset] ^= 0xFF
+    stack.s3.put_object(Bucket=refs[0].bucket, Key="r/bad.tar", Body=bytes(data))
+    check = BatchReader(stack.s3).verify(refs[0].bucket, "r/bad.tar")
+    assert (check.objects, len(check.problems)) == (150, MAX_PROBLEMS + 1)
+    assert check.problems[-1] == "50 more objects do not match their sha256 (not listed)"
+
+
+def test_a_member_not_read_is_skipped_and_has_no_digest(stack: Stack) -> None:
+    refs = upload(stack, "r/skip.tar", [b"a" * 5000, b"b" * 5000])
+    stream = BatchReader(stack.s3).stream(refs[0].bucket, refs[0].key)
+    members = iter(stream)
+    first, data = next(members)
+    assert first.ref == refs[0]
+    assert next(iter(data.chunks())) == b"a" * 5000  # a small member comes in one chunk
+    assert data.hexdigest() == refs[0].sha256
+    second, skipped = next(members)
+    assert second.ref == refs[1]
+    with pytest.raises(StopIteration):
+        next(members)  # the second member's data was never read: skipped, and the checks pass
+    with pytest.raises(RuntimeError, match="skipped"):
+        skipped.read()
+    with pytest.raises(RuntimeError, match="no digest"):
+        skipped.hexdigest()
+    stream.check_tar_digest()
