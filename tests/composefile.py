@@ -8,6 +8,7 @@ variables, merges the YAML anchors and validates the file against the compose-sp
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import os
@@ -16,8 +17,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -93,16 +96,23 @@ def compose_command() -> list[str] | None:
     return None
 
 
+@cache
+def _scratch() -> Path:
+    """A directory of this process for docker-compose's HOME and an empty env file (nothing written in the repo)."""
+    scratch = Path(tempfile.mkdtemp(prefix="s3batch-compose-"))
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    (scratch / "empty.env").write_text("", encoding="utf-8")
+    return scratch
+
+
 def run_config(path: Path, env: Mapping[str, str], *extra: str) -> subprocess.CompletedProcess[str]:
     """``docker-compose config`` of ``path`` with exactly ``env``: no .env file, none of the caller's variables."""
     runner = compose_command()
     assert runner is not None, f"neither docker-compose nor the docker compose plugin is installed: {INSTALL_COMPOSE}"
-    empty = path.parent / ".empty.env"
-    if not empty.exists():
-        empty.write_text("", encoding="utf-8")
-    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(path.parent), **env}
+    scratch = _scratch()
+    clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(scratch), **env}
     return subprocess.run(
-        [*runner, "--env-file", str(empty), "-f", str(path), "config", *extra],
+        [*runner, "--env-file", str(scratch / "empty.env"), "-f", str(path), "config", *extra],
         cwd=path.parent,
         env=clean,
         capture_output=True,
