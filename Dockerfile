@@ -1,6 +1,7 @@
 # s3batch worker image: `docker build -t s3batch .`, then run a worker (the default command),
 # `celery -A workers.app beat`, or, built with `--build-arg INSTALL_FLOWER=true`, Flower.
-FROM python:3.11-slim
+# Pinned by exact tag and digest (a tag is rebuilt in place); move both together.
+FROM python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 # Flower is a monitoring UI, not a dependency of the service: only the flower image installs it.
 ARG INSTALL_FLOWER=false
@@ -20,7 +21,7 @@ COPY pyproject.toml README.md /tmp/s3batch-src/
 COPY batcher/ /tmp/s3batch-src/batcher/
 COPY workers/ /tmp/s3batch-src/workers/
 RUN pip install /tmp/s3batch-src \
-    && if [ "$INSTALL_FLOWER" = "true" ]; then pip install "flower>=2.0,<3"; fi \
+    && if [ "$INSTALL_FLOWER" = "true" ]; then pip install "flower==2.0.1"; fi \
     && rm -rf /tmp/s3batch-src
 
 USER 10001:10001

@@ -1,10 +1,13 @@
-"""The Django example in-process against real Redis, moto's S3 server and a real worker: upload, poll, download."""
+"""The Django example in-process against real Redis, moto's S3 server and a real worker: upload, poll, download,
+and every error as JSON with its status."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -12,25 +15,44 @@ import django
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
-from django.test.utils import setup_test_environment, teardown_test_environment
+from django.test.utils import override_settings, setup_test_environment, teardown_test_environment
 
+from batcher.embedded import RedisServer, S3Server
+from examples import objects
+from examples.taskids import new_task_id
+from tests.example_http import (
+    STOP_REDIS,
+    assert_json_error,
+    filename_of,
+    old_task_id,
+    run_outage,
+    unreachable_s3_reader,
+)
 from tests.support import Stack
 
 SETTINGS_MODULE = "examples.django_app.settings"
 
-pytestmark = pytest.mark.services  # the app talks to the tests' redis-server and moto
-
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
+def client(redis_server: RedisServer, s3_server: S3Server) -> Iterator[Client]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DJANGO_SETTINGS_MODULE", SETTINGS_MODULE)
         django.setup()  # reads the example's settings; the views import workers.tasks when the URLconf loads
     setup_test_environment()  # lets the test client's "testserver" host in
     try:
-        yield Client()
+        yield Client(raise_request_exception=False)  # a failing view must answer like in production: JSON 500
     finally:
         teardown_test_environment()
+
+
+def body_of(response: Any) -> Any:
+    return json.loads(response.content)
+
+
+def expect_error(response: Any, status: int) -> Any:
+    body = body_of(response)
+    assert_json_error(response.status_code, response.get("Content-Type"), body, status)
+    return body
 
 
 def poll(client: Client, status_url: str, timeout_s: float = 30) -> Any:
@@ -38,39 +60,80 @@ def poll(client: Client, status_url: str, timeout_s: float = 30) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         response = client.get(status_url)
-        if response.json()["state"] in ("SUCCESS", "FAILURE") or time.monotonic() > deadline:
+        if body_of(response)["state"] in ("SUCCESS", "FAILURE") or time.monotonic() > deadline:
             return response
         time.sleep(0.05)
 
 
-def test_upload_poll_download_round_trip(stack: Stack, client: Client) -> None:
+def test_upload_poll_download_head_and_what_follows(
+    stack: Stack, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from examples.django_app import views
+
     stack.start_worker(S3BATCH_MAX_BATCH_AGE=1)
     raw_key, raw_body = "users/42/аватар.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
     form_key, form_body = "notes/today.txt", "déjà vu\n".encode() * 100
+    empty_key = "docs/empty/"
 
     raw = client.post(f"/objects?key={quote(raw_key)}", data=raw_body, content_type="image/png")
     form = client.post(
         "/objects",
         {"key": form_key, "file": SimpleUploadedFile("today.txt", form_body, content_type="text/plain; charset=utf-8")},
     )
+    empty = client.post(f"/objects?key={quote(empty_key)}", data=b"", content_type="application/octet-stream")
 
-    for response, key, body, content_type in (
-        (raw, raw_key, raw_body, "image/png"),
-        (form, form_key, form_body, "text/plain; charset=utf-8"),
+    for response, key, body, content_type, filename in (
+        (raw, raw_key, raw_body, "image/png", "аватар.png"),
+        (form, form_key, form_body, "text/plain; charset=utf-8", "today.txt"),
+        (empty, empty_key, b"", "application/octet-stream", "empty"),
     ):
         assert response.status_code == 202, response.content
-        task_id = response.json()["task_id"]
-        assert response["Location"] == response.json()["status_url"] == f"/objects/{task_id}"
+        task_id = body_of(response)["task_id"]
+        assert uuid.UUID(task_id).version == 7, task_id
+        assert response["Location"] == body_of(response)["status_url"] == f"/objects/{task_id}"
         status = poll(client, response["Location"])
         assert status.status_code == 200, status.content
-        assert status.json()["state"] == "SUCCESS", status.json()
-        ref = status.json()["ref"]
+        assert body_of(status)["state"] == "SUCCESS", body_of(status)
+        ref = body_of(status)["ref"]
         assert ref["object_key"] == key and ref["size"] == len(body) and ref["bucket"] == stack.settings.bucket
-        content = client.get(response.json()["content_url"])
+        content_url = body_of(response)["content_url"]
+        content = client.get(content_url)
         assert content.status_code == 200, content.content
         assert content.content == body
         assert content["Content-Type"] == content_type
+        assert content["Content-Length"] == str(len(body))
         assert content["X-Content-Type-Options"] == "nosniff"
+        assert content["Content-Disposition"].startswith("attachment;"), content["Content-Disposition"]
+        assert filename_of(content["Content-Disposition"]) == filename
+        head = client.head(content_url)
+        assert head.status_code == 200 and head.content == b""
+        for header in ("Content-Type", "Content-Length", "Content-Disposition"):
+            assert head[header] == content[header], header
+        assert client.head(response["Location"]).status_code == 200
+
+    assert raw_content_disposition(client, raw) == (
+        "attachment; filename=\"______.png\"; filename*=UTF-8''%D0%B0%D0%B2%D0%B0%D1%82%D0%B0%D1%80.png"
+    )
+
+    # S3 fails: 502 with the reason, for GET and HEAD alike.
+    monkeypatch.setattr(views, "reader", unreachable_s3_reader)
+    content_url = body_of(raw)["content_url"]
+    assert "S3 could not give the object back" in expect_error(client.get(content_url), 502)["error"]
+    assert client.head(content_url).status_code == 502
+
+    # The result expires (here: a lifetime of 0 s, and the backend forgets it as Redis would): 410, not PENDING.
+    from workers.app import app
+
+    monkeypatch.setattr(objects, "lifetime_s", lambda _: 0.0)
+    task_id = body_of(form)["task_id"]
+    app.backend.forget(task_id)
+    expired = expect_error(client.get(f"/objects/{task_id}"), 410)
+    assert expired["state"] == "EXPIRED" and "has expired" in expired["error"], expired
+    assert expect_error(client.get(f"/objects/{task_id}/content"), 410)["state"] == "EXPIRED"
+
+
+def raw_content_disposition(client: Client, upload: Any) -> str:
+    return str(client.get(body_of(upload)["content_url"])["Content-Disposition"])
 
 
 def test_bad_key_reports_failure_with_the_invalid_key_error(stack: Stack, client: Client) -> None:
@@ -79,13 +142,11 @@ def test_bad_key_reports_failure_with_the_invalid_key_error(stack: Stack, client
     assert response.status_code == 202, response.content
 
     status = poll(client, response["Location"])
-    assert status.status_code == 422
-    assert status.json()["state"] == "FAILURE"
-    error = status.json()["error"]
-    assert error["type"] == "InvalidKeyError"
-    assert "is 1025 UTF-8 bytes; S3 allows at most 1024" in error["message"]
-    content = client.get(response.json()["content_url"])
-    assert content.status_code == 404 and content.json()["error"] == error
+    failure = expect_error(status, 422)
+    assert failure["state"] == "FAILURE" and failure["error_type"] == "InvalidKeyError", failure
+    assert "is 1025 UTF-8 bytes; S3 allows at most 1024" in failure["error"]
+    content = expect_error(client.get(body_of(response)["content_url"]), 404)
+    assert content["error"] == failure["error"] and content["error_type"] == "InvalidKeyError"
 
 
 def test_requests_that_cannot_be_served_yet_or_at_all(client: Client) -> None:
@@ -95,20 +156,88 @@ def test_requests_that_cannot_be_served_yet_or_at_all(client: Client) -> None:
     from workers.results import ResultWriter
 
     assert settings.SETTINGS_MODULE == SETTINGS_MODULE
-    assert client.post("/objects", data=b"no key", content_type="text/plain").status_code == 400
-    assert client.post("/objects", {"key": "no-file"}).status_code == 400
-    assert client.get("/objects/not-a-task-id").status_code == 404
-    assert client.get("/objects").status_code == 405
+    assert "key" in expect_error(client.post("/objects", data=b"no key", content_type="text/plain"), 400)["error"]
+    assert "'file'" in expect_error(client.post("/objects", {"key": "no-file"}), 400)["error"]
+    expect_error(client.post("/objects", {}), 400)  # an empty form
+    expect_error(client.post("/objects", "key=k", content_type="application/x-www-form-urlencoded"), 400)
+    malformed = client.post("/objects?key=k", b"--x\r\nno headers", content_type="multipart/form-data; boundary=")
+    assert "malformed" in expect_error(malformed, 400)["error"]
+    expect_error(client.get("/objects/not-a-task-id"), 404)
+    expect_error(client.get("/nowhere"), 404)
+    not_allowed = client.get("/objects")
+    expect_error(not_allowed, 405)
+    assert not_allowed["Allow"] == "POST"
+    assert client.delete(f"/objects/{uuid.uuid4()}")["Allow"] == "GET, HEAD"
 
-    unknown = str(uuid.uuid4())
-    assert client.get(f"/objects/{unknown}").json() == {"task_id": unknown, "state": "PENDING"}
-    assert client.get(f"/objects/{unknown}/content").status_code == 404
+    unknown = str(uuid.uuid4())  # not issued by this app (not a UUIDv7)
+    assert expect_error(client.get(f"/objects/{unknown}"), 404)["state"] == "UNKNOWN"
+    assert expect_error(client.get(f"/objects/{unknown}/content"), 404)["state"] == "UNKNOWN"
 
-    staged = str(uuid.uuid4())
+    pending = new_task_id()  # issued just now, never sent: PENDING as far as anyone can tell
+    assert body_of(client.get(f"/objects/{pending}")) == {"task_id": pending, "state": "PENDING"}
+    assert expect_error(client.get(f"/objects/{pending}/content"), 409)["state"] == "PENDING"
+
+    expired = old_task_id()  # issued eight days ago; results live a week
+    assert expect_error(client.get(f"/objects/{expired}"), 410)["state"] == "EXPIRED"
+    assert expect_error(client.get(f"/objects/{expired}/content"), 410)["state"] == "EXPIRED"
+
+    staged = new_task_id()
     ResultWriter(app).mark_staged(staged, {"object_key": "k", "size": 1, "sha256": "0" * 64})
     try:
-        assert client.get(f"/objects/{staged}").json()["staged"]["object_key"] == "k"
-        response = client.get(f"/objects/{staged}/content")
-        assert response.status_code == 409 and response.json()["state"] == "STAGED"
+        assert body_of(client.get(f"/objects/{staged}"))["staged"]["object_key"] == "k"
+        assert expect_error(client.get(f"/objects/{staged}/content"), 409)["state"] == "STAGED"
     finally:
         app.backend.forget(staged)
+
+
+def test_objects_over_the_limit_are_refused_with_413(client: Client) -> None:
+    limit = 1000
+    with override_settings(S3BATCH_MAX_OBJECT_BYTES=limit, DATA_UPLOAD_MAX_MEMORY_SIZE=limit + 64 * 1024):
+        raw = expect_error(client.post("/objects?key=k", data=b"x" * (limit + 1), content_type="text/plain"), 413)
+        assert f"{limit + 1} bytes" in raw["error"] and "S3BATCH_MAX_OBJECT_BYTES" in raw["error"]
+        form = client.post("/objects", {"key": "k", "file": SimpleUploadedFile("f", b"x" * (limit + 1))})
+        expect_error(form, 413)
+        huge = client.post("/objects?key=k", data=b"x" * (limit + 70 * 1024), content_type="text/plain")
+        expect_error(huge, 413)  # refused from its Content-Length, before Django reads it
+
+
+def test_an_unexpected_error_is_a_json_500_without_traceback(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(task_id: str) -> objects.Reply:
+        raise ValueError("a secret detail")
+
+    monkeypatch.setattr(objects, "task_status", broken)
+    body = expect_error(client.get(f"/objects/{new_task_id()}"), 500)
+    assert "secret" not in json.dumps(body) and "Traceback" not in json.dumps(body)
+
+
+OUTAGE = (
+    STOP_REDIS
+    + """
+import json, django
+os.environ["DJANGO_SETTINGS_MODULE"] = "examples.django_app.settings"
+django.setup()
+from django.test import Client
+from django.test.utils import setup_test_environment
+setup_test_environment()
+client = Client(raise_request_exception=False)
+first = client.post("/objects?key=k", data=b"x", content_type="text/plain")
+assert first.status_code == 202, first.content
+task_id = json.loads(first.content)["task_id"]
+stop_redis()
+for response in (
+    client.post("/objects?key=k", data=b"x", content_type="text/plain"),
+    client.get(f"/objects/{task_id}"),
+    client.get(f"/objects/{task_id}/content"),
+):
+    print(json.dumps({"status": response.status_code, "content_type": response.get("Content-Type"),
+                      "body": json.loads(response.content), "retry_after": response.get("Retry-After")}))
+"""
+)
+
+
+def test_redis_outage_is_a_json_503(tmp_path: Path) -> None:
+    answers = run_outage(OUTAGE, tmp_path)
+    assert len(answers) == 3, answers
+    for answer in answers:
+        assert_json_error(answer["status"], answer["content_type"], answer["body"], 503)
+        assert "Redis" in answer["body"]["error"] and answer["retry_after"], answer

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from batcher import Settings
+from examples.objects import FORM_OVERHEAD_BYTES
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "django-insecure-s3batch-example-only")
 DEBUG = os.environ.get("DJANGO_DEBUG", "") == "1"
@@ -19,7 +20,8 @@ MIDDLEWARE: list[str] = []
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
 
-# A raw body is read into memory: allow the largest object s3batch accepts plus a little; a body past that gets
-# a 400 here rather than a task that would fail with ObjectTooLargeError. (Multipart files are not counted:
-# Django spools big ones to disk, and the task refuses them.)
-DATA_UPLOAD_MAX_MEMORY_SIZE = Settings.from_env().max_object_bytes + 64 * 1024
+# Read once: the largest object s3batch accepts. A body declared larger (plus room for a form's other fields) is
+# refused with 413 before it is read; Django reads at most that much of a raw body into memory. (Multipart files
+# do not count against DATA_UPLOAD_MAX_MEMORY_SIZE: Django spools big ones to disk, and the view checks their size.)
+S3BATCH_MAX_OBJECT_BYTES = Settings.from_env().max_object_bytes
+DATA_UPLOAD_MAX_MEMORY_SIZE = S3BATCH_MAX_OBJECT_BYTES + FORM_OVERHEAD_BYTES
