@@ -23,6 +23,7 @@ from batcher.config import Settings
 from batcher.cost import cost_table
 from batcher.errors import InvalidRefError, S3BatchError
 from batcher.extract import MANIFEST_NAME, extract_batch
+from batcher.find import find, parse_since
 from batcher.index import ObjectInfo
 from batcher.models import BatchRef
 from batcher.printable import printable
@@ -273,6 +274,35 @@ def _progress_bar(what: str, enabled: bool) -> Iterator[Progress]:
         yield update
 
 
+def _find_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("object_key", metavar="KEY", help="the object key the producer gave")
+    parser.add_argument("--since", metavar="TIME", help="only batches from this hour on: 2026-11-30T12:00, or 6h, 7d")
+    parser.add_argument("--bucket", help="the bucket to search (default: S3BATCH_BUCKET)")
+    parser.add_argument("--prefix", help="the batches' prefix (default: S3BATCH_PREFIX)")
+
+
+def _find(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    bucket = args.bucket or settings.require_bucket()
+    prefix = settings.prefix if args.prefix is None else args.prefix
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"s3batch: error: --since {exc}", file=sys.stderr)
+        return 2
+    matches = 0
+    for info in find(BatchReader(), bucket, prefix, args.object_key, since):
+        _print_json(_describe(info))
+        matches += 1
+    if not matches:
+        where = f"s3://{printable(bucket)}/{printable(prefix)}" + (
+            f" since {since:%Y-%m-%d %H:00} UTC" if since else ""
+        )
+        print(f"s3batch: no batch under {where} holds {printable(args.object_key)!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -296,6 +326,10 @@ COMMANDS = [
             f"path), never outside DIR, and DIR/{MANIFEST}: one JSON object per line mapping each exact key to its "
             "path, with its size, sha256, content type and metadata. DIR must be new or empty; nothing is left "
             "in it unless every object was checked."),
+    Command("find", "find an object whose ref was lost, from the batches' indexes", _find_arguments, _find,
+            "Lists the batches under the prefix (from the hour of --since on), reads each one's index (one or two "
+            "ranged GETs) and prints the ref of every object stored under KEY as a JSON line, oldest first; exit "
+            "status 1 when none is found."),
     Command("verify", "read a whole batch and check every checksum; exit status 0 when intact, 1 when not",
             _verify_arguments, _verify,
             "Checks every object's SHA-256, the index against the members, the trailer, and the tar's SHA-256 "

@@ -40,13 +40,20 @@ class Stack:
         return env
 
     def start_worker(
-        self, *, beat: bool = True, concurrency: int = 2, queues: str | None = None, **overrides: Any
+        self,
+        *,
+        beat: bool = True,
+        concurrency: int = 2,
+        queues: str | None = None,
+        extra_args: list[str] | None = None,
+        **overrides: Any,
     ) -> WorkerProcess:
         """A worker on this stack's database and bucket; keyword overrides become environment variables."""
         name = f"w{len(self.workers)}"
         worker = WorkerProcess(
-            self.env(**overrides), name, self.tmp_path, beat=beat, concurrency=concurrency, queues=queues
-        )
+            self.env(**overrides), name, self.tmp_path, beat=beat, concurrency=concurrency, queues=queues,
+            extra_args=extra_args,
+        )  # fmt: skip
         self.workers.append(worker)
         worker.wait_ready()
         return worker

@@ -35,13 +35,18 @@ def _put_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     parser.add_argument("--direct", action="store_true", help="stage straight into Redis (no Celery message per file)")
     parser.add_argument("--refs-out", type=Path, help="write the refs as JSON lines to this file")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is no tty)")
+    parser.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop waiting for the uploads after this long (exit status 1)"
+    )
 
 
 def _put(args: argparse.Namespace) -> int:
     from workers.bulkload import put_paths
 
-    return put_paths(args.paths, direct=args.direct, refs_out=args.refs_out, progress=not args.no_progress)
+    return put_paths(
+        args.paths, direct=args.direct, refs_out=args.refs_out, progress=not args.no_progress, timeout_s=args.timeout
+    )
 
 
 DEMO = Command(

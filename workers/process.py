@@ -26,6 +26,7 @@ class WorkerProcess:
         concurrency: int = 2,
         loglevel: str = "INFO",
         queues: str | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.name = name
         self.node = f"{name}@{os.uname().nodename}"  # as `-n {name}@%h` names it, for app.control.ping
@@ -39,6 +40,7 @@ class WorkerProcess:
             command += ["-B", "-s", str(logdir / f"{name}-beat-schedule")]
         if queues:
             command += ["-Q", queues]
+        command += extra_args or []
         self.process = subprocess.Popen(
             command,
             env=env,

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from celery import Celery, states
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 from batcher.models import BatchRef, StagedObject
@@ -28,6 +29,7 @@ from workers.monitoring import announce_failed, announce_uploaded, events_on
 
 STAGED = "STAGED"
 _CHUNK = 500  # results per round trip
+_SLICE_S = 2.0  # how often a waiting get() looks whether a worker serves its queue
 
 
 class ResultWriter:
@@ -109,17 +111,16 @@ class PutObjectResult(AsyncResult):  # type: ignore[type-arg]
     def get(  # type: ignore[override]  # Celery's keywords pass through **kwargs
         self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5, **kwargs: Any
     ) -> Any:
-        waiting_since = time.monotonic()
-        given = kwargs.pop("on_interval", None)
-        limit_s = cast(Any, self.app).s3batch_settings.no_worker_timeout_s
-        next_check = [waiting_since + limit_s]
-
-        def on_interval() -> None:
-            if given is not None:
-                given()
-            now = time.monotonic()
-            if now >= next_check[0]:
-                next_check[0] = now + 2.0
-                check_served(self.app, [self.state], now - waiting_since)
-
-        return super().get(timeout=timeout, propagate=propagate, interval=interval, on_interval=on_interval, **kwargs)
+        # Waited in slices: Celery calls an ``on_interval`` callback only once (it is a promise), so the check
+        # between slices is the way to look at the workers while waiting.
+        started = time.monotonic()
+        while True:
+            waited = time.monotonic() - started
+            remaining = None if timeout is None else timeout - waited
+            slice_s = _SLICE_S if remaining is None else max(0.0, min(_SLICE_S, remaining))
+            try:
+                return super().get(timeout=slice_s, propagate=propagate, interval=interval, **kwargs)
+            except CeleryTimeoutError:
+                if remaining is not None and remaining <= _SLICE_S:
+                    raise
+            check_served(self.app, [self.state], time.monotonic() - started)
