@@ -25,6 +25,7 @@ lint: $(BIN)/s3batch
 	$(BIN)/ruff check batcher workers tests bench examples
 	$(BIN)/ruff format --check batcher workers tests bench examples
 
+## mypy --strict on batcher, workers, tests, examples and bench (the trees are listed in pyproject.toml's [tool.mypy])
 typecheck: $(BIN)/s3batch
 	$(BIN)/mypy
 

@@ -16,6 +16,8 @@ import itertools
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import pytest
@@ -26,6 +28,9 @@ from batcher.embedded import LOOPBACK, RedisServer, S3Server, free_port
 from batcher.staging import Staging, StagingLimits, connect
 from tests.support import Stack
 from workers.app import UNACKED_KEYS, app
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 _ports: dict[str, int] = {}
 _services: dict[str, RedisServer | S3Server] = {}
@@ -85,14 +90,16 @@ def s3_server() -> S3Server:
 
 
 @pytest.fixture
-def s3(s3_server: S3Server):  # type: ignore[no-untyped-def]
-    client = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+def s3(s3_server: S3Server) -> Iterator[S3Client]:
+    client: S3Client = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
     yield client
     client.close()
 
 
 @pytest.fixture
-def stack(redis_server: RedisServer, s3_server: S3Server, s3, tmp_path, request) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+def stack(
+    redis_server: RedisServer, s3_server: S3Server, s3: S3Client, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     """A clean staging database, a new bucket, and what a test needs to run workers against them."""
     db = next(_db_numbers)
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40]

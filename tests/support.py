@@ -7,12 +7,15 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batcher.config import Settings, to_env
 from batcher.index import is_reserved
 from batcher.staging import Staging, StagingLimits
 from workers.process import WorkerProcess
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -26,7 +29,7 @@ class Stack:
 
     settings: Settings
     staging: Staging
-    s3: Any
+    s3: S3Client
     tmp_path: Path
     workers: list[WorkerProcess] = field(default_factory=list)
 
@@ -68,12 +71,12 @@ class Stack:
 
     def batch_keys(self) -> list[str]:
         keys: list[str] = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.settings.bucket):
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.settings.require_bucket()):
             keys += [item["Key"] for item in page.get("Contents", [])]
         return sorted(keys)
 
     def tar_bytes(self, key: str) -> bytes:
-        return bytes(self.s3.get_object(Bucket=self.settings.bucket, Key=key)["Body"].read())
+        return bytes(self.s3.get_object(Bucket=self.settings.require_bucket(), Key=key)["Body"].read())
 
     def members(self, key: str) -> list[tarfile.TarInfo]:
         """The batch's object members, in order (its own index and trailer members left out)."""

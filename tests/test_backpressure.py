@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from celery.result import AsyncResult, ResultSet
@@ -50,7 +51,7 @@ def test_redis_unreachable_is_a_staging_error() -> None:
 def test_producer_faster_than_uploads_is_held_back_and_loses_nothing(stack: Stack) -> None:
     from workers.tasks import put_object
 
-    limits = {
+    limits: dict[str, Any] = {
         "S3BATCH_MAX_STAGED_BYTES": 64 * 1024, "S3BATCH_MAX_BATCH_BYTES": 32 * 1024,
         "S3BATCH_MAX_OBJECT_BYTES": 4096, "S3BATCH_MAX_BATCH_AGE": 1,
     }  # fmt: skip

@@ -7,7 +7,7 @@ import dataclasses
 import hashlib
 import os
 import random
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from celery.result import AsyncResult, ResultSet
@@ -23,6 +23,11 @@ from batcher.errors import (
 )
 from tests.support import Stack, settings_env
 from workers import Batcher
+
+
+def handles(results: ResultSet) -> list[AsyncResult[Any]]:
+    """``results.results``: celery-types allows None there, but a ResultSet built from a list holds that list."""
+    return cast(list[AsyncResult[Any]], results.results)
 
 
 def refs_of(results: ResultSet, timeout_s: float = 120) -> list[BatchRef]:
@@ -45,10 +50,10 @@ def test_put_objects_round_trip_in_order(stack: Stack) -> None:
     objects = [(f"bulk/{i:05d}", rng.randbytes(rng.choice([0, 1, 100, 1024, 5000, 70_000]))) for i in range(3000)]
     with Batcher(stack.settings) as batcher:
         results = batcher.put_objects(objects)
-        assert isinstance(results, ResultSet) and len(results.results) == len(objects)
+        assert isinstance(results, ResultSet) and len(handles(results)) == len(objects)
         # No worker yet: every object is in Redis staging and its result says so.
-        assert {r.state for r in results.results} == {"STAGED"}
-        assert results.results[7].info == {
+        assert {r.state for r in handles(results)} == {"STAGED"}
+        assert handles(results)[7].info == {
             "object_key": "bulk/00007",
             "size": len(objects[7][1]),
             "sha256": hashlib.sha256(objects[7][1]).hexdigest(),
@@ -101,7 +106,7 @@ def test_put_objects_fails_bad_items_alone(stack: Stack) -> None:
     ]
     stack.start_worker()
     with Batcher(stack.settings) as batcher:
-        results = batcher.put_objects(items).results
+        results = handles(batcher.put_objects(items))
     ResultSet(results).join_native(timeout=60, propagate=False)
     states = [r.state for r in results]
     assert states == ["SUCCESS", "FAILURE", "FAILURE", "SUCCESS", "FAILURE", "FAILURE", "FAILURE", "SUCCESS"]
@@ -111,8 +116,9 @@ def test_put_objects_fails_bad_items_alone(stack: Stack) -> None:
     assert isinstance(results[5].result, InputError) and "item 5 is a list" in str(results[5].result)
     assert isinstance(results[6].result, InvalidMetadataError)
     reader = BatchReader(stack.s3)
-    assert reader.get(BatchRef.from_dict(results[3].result)) == b"two"
-    assert reader.get(BatchRef.from_dict(results[7].result)) == b"four"
+    # .result is the value or the exception; items 3 and 7 are SUCCESS (checked above), so their ref dicts
+    assert reader.get(BatchRef.from_dict(cast(dict[str, Any], results[3].result))) == b"two"
+    assert reader.get(BatchRef.from_dict(cast(dict[str, Any], results[7].result))) == b"four"
 
 
 def test_put_objects_waits_for_room_and_keeps_order(stack: Stack) -> None:
@@ -120,7 +126,8 @@ def test_put_objects_waits_for_room_and_keeps_order(stack: Stack) -> None:
     settings = dataclasses.replace(
         stack.settings, max_staged_bytes=64 * 1024, max_batch_bytes=32 * 1024, max_object_bytes=2048
     )
-    stack.start_worker(**settings_env(settings))
+    overrides: dict[str, Any] = settings_env(settings)
+    stack.start_worker(**overrides)
     rng = random.Random(9)
     objects = [(f"tight/{i:04d}", rng.randbytes(2048)) for i in range(150)]
     with Batcher(settings, full_wait_s=60) as batcher:
@@ -141,8 +148,8 @@ def test_put_objects_gives_up_when_staging_stays_full(stack: Stack) -> None:
     ):
         batcher.put_objects(objects)
     accepted = caught.value.accepted
-    assert isinstance(accepted, ResultSet) and len(accepted.results) == 10
-    assert {r.state for r in accepted.results} == {"STAGED"}
+    assert isinstance(accepted, ResultSet) and len(handles(accepted)) == 10
+    assert {r.state for r in handles(accepted)} == {"STAGED"}
     stack.start_worker()
     refs = refs_of(accepted)
     assert [ref.object_key for ref in refs] == [key for key, _ in objects[:10]]
@@ -185,9 +192,10 @@ def test_a_batcher_for_other_settings_waits_where_their_workers_publish(
 def test_full_batches_are_flushed_on_request_without_beat(stack: Stack) -> None:
     """No beat and a 60 s age: only the flush request of a full batch can upload it."""
     settings = dataclasses.replace(stack.settings, max_batch_objects=100, max_batch_age_s=60)
-    stack.start_worker(beat=False, **settings_env(settings))
+    overrides: dict[str, Any] = settings_env(settings)
+    stack.start_worker(beat=False, **overrides)
     with Batcher(settings) as batcher:
-        results = batcher.put_objects((f"req/{i:03d}", b"%d" % i) for i in range(250)).results
+        results = handles(batcher.put_objects((f"req/{i:03d}", b"%d" % i) for i in range(250)))
     ResultSet(results[:200]).join_native(timeout=60)
     assert len(stack.batch_keys()) == 2
     assert {r.state for r in results[200:]} == {"STAGED"}

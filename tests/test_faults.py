@@ -32,8 +32,12 @@ from batcher.index import is_reserved
 from tests.faultproxy import TRANSIENT_KINDS, FaultProxy
 from tests.support import Stack
 
-SMALL_BATCHES = {"S3BATCH_MAX_BATCH_OBJECTS": 100, "S3BATCH_MAX_BATCH_AGE": 1, "S3BATCH_LEASE_SECONDS": 2}
-Sent = list[tuple[str, bytes, AsyncResult]]
+SMALL_BATCHES: dict[str, Any] = {
+    "S3BATCH_MAX_BATCH_OBJECTS": 100,
+    "S3BATCH_MAX_BATCH_AGE": 1,
+    "S3BATCH_LEASE_SECONDS": 2,
+}
+Sent = list[tuple[str, bytes, AsyncResult[Any]]]
 
 
 @pytest.fixture
@@ -55,7 +59,7 @@ def send(count: int, prefix: str, seed: int) -> Sent:
     return sent
 
 
-def fresh(result: AsyncResult) -> AsyncResult:
+def fresh(result: AsyncResult[Any]) -> AsyncResult[Any]:
     """A new AsyncResult for the same task: an old one may keep a FAILURE it has already read."""
     from workers.app import app
 
@@ -84,9 +88,9 @@ def check_landed(stack: Stack, sent: Sent, payloads: list[dict[str, Any]]) -> tu
 
     Returns (objects lost, tars); asserts after the caller has had a chance to print.
     """
-    bucket = stack.settings.bucket
+    bucket = stack.settings.require_bucket()
 
-    def exact(item: tuple[tuple[str, bytes, AsyncResult], dict[str, Any]]) -> bool:
+    def exact(item: tuple[tuple[str, bytes, AsyncResult[Any]], dict[str, Any]]) -> bool:
         (key, body, _), p = item
         if p["object_key"] != key or p["size"] != len(body) or p["sha256"] != hashlib.sha256(body).hexdigest():
             return False
@@ -138,7 +142,7 @@ def dead_letters(stack: Stack) -> list[dict[str, str]]:
 
 
 def test_proxy_forwards_faithfully_and_breaks_what_it_is_told(s3_server: S3Server, stack: Stack) -> None:
-    bucket = stack.settings.bucket
+    bucket = stack.settings.require_bucket()
     with FaultProxy(s3_server.endpoint_url, seed=1, stall_s=0.2) as proxy:
 
         def call(method: str, path: str, body: Any = None, **headers: str) -> tuple[int, dict[str, str], bytes]:

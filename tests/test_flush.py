@@ -8,6 +8,7 @@ import itertools
 import tarfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
 
@@ -36,7 +37,7 @@ class Recorder:
             self.failures[record_id] = error
 
 
-def make_flusher(stack: Stack, **settings: object) -> tuple[Flusher, Recorder]:
+def make_flusher(stack: Stack, **settings: Any) -> tuple[Flusher, Recorder]:
     recorder = Recorder()
     chosen = replace(stack.settings, **settings)
     return Flusher(chosen, stack.staging_for(chosen), Uploader(stack.s3), recorder), recorder
@@ -69,7 +70,8 @@ def test_flush_uploads_one_tar_with_exact_offsets(stack: Stack) -> None:
         assert archive.getnames() == [o.object_key for o in objs] + [INDEX_NAME, TRAILER_NAME]
     totals = stack.staging.totals()
     assert totals["staged_bytes"] == 0 and totals["batches_in_flight"] == 0
-    left = sorted(k.decode().split(":")[2] for k in stack.staging.client.keys("*"))
+    # redis-py types replies as bytes | str; staging's client has decode_responses=False, so bytes
+    left = sorted(k.decode().split(":")[2] for k in cast(list[bytes], stack.staging.client.keys("*")))
     assert left == ["seen"] * len(objs) + ["totals"]  # bodies and batch records are gone
 
 

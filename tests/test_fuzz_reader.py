@@ -9,6 +9,7 @@ it with a 2 MiB memory limit, under tracemalloc.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -237,8 +238,8 @@ def test_mutated_batches_raise_only_s3batch_errors_in_bounded_memory(
         attempt("get_many", lambda: reader.get_many(refs))
         attempt("get_many of the writer's refs", lambda: reader.get_many(base_refs, verify=False))
         for ref in refs[:3]:
-            attempt("get", lambda ref=ref: reader.get(ref))  # type: ignore[misc]
-            attempt("head", lambda ref=ref: reader.head(ref))  # type: ignore[misc]
+            attempt("get", functools.partial(reader.get, ref))
+            attempt("head", functools.partial(reader.head, ref))
         result = attempt("extract", lambda: extract_batch(reader, bucket, key, parent / "out"))
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -81,7 +81,7 @@ def test_flush_of_512_mib_batch_keeps_peak_rss_bounded(stack: Stack, s3_server: 
     [batch] = report["batches"]
     assert batch["objects"] == OBJECTS and batch["size_bytes"] == OBJECTS * OBJECT_BYTES
     assert stack.batch_keys() == [batch["key"]]
-    head = stack.s3.head_object(Bucket=stack.settings.bucket, Key=batch["key"])
+    head = stack.s3.head_object(Bucket=stack.settings.require_bucket(), Key=batch["key"])
     assert head["ContentLength"] == batch["tar_bytes"]
     parts = -(-batch["tar_bytes"] // PART_BYTES)
     assert head["ETag"].strip('"').endswith(f"-{parts}"), head["ETag"]

@@ -35,7 +35,9 @@ def test_cost_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "1 (naive)" in capsys.readouterr().out
 
 
-def test_stats_counts_waiting_and_uploaded(stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_stats_counts_waiting_and_uploaded(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("S3BATCH_REDIS_URL", stack.settings.redis_url)
     limits = {"max_staged_bytes": 10**9, "max_batch_bytes": 10**9, "max_batch_objects": 10**6}
     stage_with(stack.staging, [staged(f"k{i}", b"x" * 100) for i in range(30)], **limits)

@@ -9,6 +9,7 @@ import time
 import tracemalloc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,11 +45,9 @@ def obj(
     )
 
 
-def upload(
-    stack: Stack, key: str, objs: Sequence[StagedObject] | list[bytes], batch_id: str = "01JB1"
-) -> list[BatchRef]:
-    """Build a batch of ``objs`` (or of bodies named o0, o1...) with build_tar, upload it, return its refs."""
-    objs = [o if isinstance(o, StagedObject) else obj(f"o{i}", o, i) for i, o in enumerate(objs)]
+def upload(stack: Stack, key: str, items: Sequence[StagedObject | bytes], batch_id: str = "01JB1") -> list[BatchRef]:
+    """Build a batch of ``items`` (or of bodies named o0, o1...) with build_tar, upload it, return its refs."""
+    objs = [o if isinstance(o, StagedObject) else obj(f"o{i}", o, i) for i, o in enumerate(items)]
     bucket = stack.settings.bucket or ""
     with build_tar([o.object_key for o in objs], objs, batch_id=batch_id, created_ms=CREATED_MS) as tar:
         etag = Uploader(stack.s3).upload(bucket, key, tar)
@@ -199,8 +198,8 @@ def test_index_of_a_small_batch_is_one_get(stack: Stack) -> None:
     assert seen.ranges == [f"bytes=-{TAIL_BYTES}"]
 
 
-def test_index_needs_an_s3batch_trailer(stack: Stack, tmp_path: Any) -> None:
-    bucket = stack.settings.bucket
+def test_index_needs_an_s3batch_trailer(stack: Stack, tmp_path: Path) -> None:
+    bucket = stack.settings.require_bucket()
     plain = tmp_path / "plain.tar"
     (tmp_path / "file").write_bytes(b"not a batch")
     with tarfile.open(plain, "w") as tar:

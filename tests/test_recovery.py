@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 from celery.result import AsyncResult, ResultSet
 
+from batcher.embedded import RedisServer
 from batcher.models import StagedObject
 from batcher.uploader import MULTIPART_THRESHOLD_BYTES
 from tests.factories import stage_with
 from tests.support import Stack
+from workers.process import WorkerProcess
 
 
-def wait_dead(worker: Any, timeout_s: float = 60) -> None:
+def wait_dead(worker: WorkerProcess, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while worker.process.poll() is None:
         assert time.monotonic() < deadline, f"worker did not reach its crash point:\n{worker.log()[-3000:]}"
@@ -30,7 +32,7 @@ def tars(stack: Stack) -> dict[str, dict[str, Any]]:
     """Every tar in the bucket with its ETag and LastModified."""
     heads = {}
     for key in stack.batch_keys():
-        head = stack.s3.head_object(Bucket=stack.settings.bucket, Key=key)
+        head = stack.s3.head_object(Bucket=stack.settings.require_bucket(), Key=key)
         heads[key] = {"etag": head["ETag"], "modified": head["LastModified"]}
     return heads
 
@@ -62,12 +64,12 @@ def check_all_landed_once(stack: Stack, bodies: dict[str, bytes], payloads: dict
     assert left == (0, 0, 0)
 
 
-def send(count: int, size: int, seed: int) -> tuple[dict[str, bytes], list[AsyncResult]]:
+def send(count: int, size: int, seed: int) -> tuple[dict[str, bytes], list[AsyncResult[Any]]]:
     from workers.tasks import put_object
 
     rng = random.Random(seed)
     bodies: dict[str, bytes] = {}
-    results = []
+    results: list[AsyncResult[Any]] = []
     for i in range(count):
         body = rng.randbytes(rng.randint(0, size))
         result = put_object.delay(key_of(seed, i), body)
@@ -80,13 +82,13 @@ def key_of(seed: int, i: int) -> str:
     return f"crash/{seed}/{i:05d}"
 
 
-def collect(results: list[AsyncResult], timeout_s: float = 120) -> dict[str, dict[str, Any]]:
+def collect(results: list[AsyncResult[Any]], timeout_s: float = 120) -> dict[str, dict[str, Any]]:
     ResultSet(results).join_native(timeout=timeout_s)
     return {r.id: r.get(timeout=1) for r in results}
 
 
 def collect_resending(
-    results: list[AsyncResult], args: dict[str, tuple[str, bytes]], timeout_s: float = 45
+    results: list[AsyncResult[Any]], args: dict[str, tuple[str, bytes]], timeout_s: float = 45
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """Results of tasks sent while workers were SIGKILLed, and how many had to be sent again.
 
@@ -159,10 +161,10 @@ def test_sigkill_in_the_middle_of_a_multipart_upload(stack: Stack) -> None:
         S3BATCH_LEASE_SECONDS=2, S3BATCH_MAX_BATCH_AGE=1, S3BATCH_MAX_BATCH_BYTES=2**31,
         S3BATCH_MAX_OBJECT_BYTES=size, S3BATCH_MAX_STAGED_BYTES=2**31,
     )  # fmt: skip
-    results = [AsyncResult(record_id, app=app) for record_id in ids]
+    results: list[AsyncResult[Any]] = [AsyncResult(record_id, app=app) for record_id in ids]
     payloads = collect(results, timeout_s=180)
     assert {p["etag"] for p in payloads.values()} == {
-        stack.s3.head_object(Bucket=s.bucket, Key=payloads[ids[0]]["key"])["ETag"]
+        stack.s3.head_object(Bucket=s.require_bucket(), Key=payloads[ids[0]]["key"])["ETag"]
     }
     assert payloads[ids[0]]["etag"].strip('"').split("-")[1] == str(-(-count * size // (16 * 1024 * 1024)))
     for i in (0, count // 2, count - 1):
@@ -174,12 +176,12 @@ def test_sigkill_in_the_middle_of_a_multipart_upload(stack: Stack) -> None:
 
 def test_randomized_kills_over_thousands_of_objects(stack: Stack) -> None:
     """Workers SIGKILLed at random moments while objects flow: every object lands exactly once."""
-    env = {"S3BATCH_LEASE_SECONDS": 2, "S3BATCH_MAX_BATCH_AGE": 1, "S3BATCH_MAX_BATCH_OBJECTS": 150}
+    env: dict[str, Any] = {"S3BATCH_LEASE_SECONDS": 2, "S3BATCH_MAX_BATCH_AGE": 1, "S3BATCH_MAX_BATCH_OBJECTS": 150}
     workers = [stack.start_worker(beat=True, **env), stack.start_worker(beat=False, **env)]
     rng = random.Random(5)
     sent: dict[str, bytes] = {}
     keys: dict[str, str] = {}
-    results: list[AsyncResult] = []
+    results: list[AsyncResult[Any]] = []
     producer_done = threading.Event()
 
     def produce() -> None:
@@ -251,7 +253,7 @@ def test_sigterm_during_a_flush_finishes_it(stack: Stack) -> None:
     worker.process.send_signal(signal.SIGTERM)
     worker.process.wait(timeout=30)
     assert all(AsyncResult(r.id).state == "SUCCESS" for r in results)
-    payloads = {r.id: AsyncResult(r.id).get(timeout=1) for r in results}
+    payloads: dict[str, dict[str, Any]] = {r.id: AsyncResult(r.id).get(timeout=1) for r in results}
     check_all_landed_once(stack, bodies, payloads)
 
 
@@ -272,11 +274,11 @@ def test_worker_killed_with_prefetched_put_objects_loses_none(stack: Stack) -> N
     print(f"\nprefetched messages: {len(bodies)} objects checked, 0 lost, {resent} resent with their task id")
 
 
-def test_redis_restart_between_staging_and_flush_loses_nothing(stack: Stack, redis_server: Any) -> None:
+def test_redis_restart_between_staging_and_flush_loses_nothing(stack: Stack, redis_server: RedisServer) -> None:
     worker = stack.start_worker(S3BATCH_MAX_BATCH_AGE=600)
     bodies, results = send(300, 700, seed=8)
     deadline = time.monotonic() + 30
-    while any(AsyncResult(r.id).state != "STAGED" for r in results):
+    while any(AsyncResult(r.id).state != "STAGED" for r in results):  # type: ignore[comparison-overlap]  # celery-types omits custom states
         assert time.monotonic() < deadline
         time.sleep(0.1)
     worker.stop()

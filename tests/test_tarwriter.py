@@ -11,6 +11,7 @@ import subprocess
 import tarfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -48,7 +49,7 @@ TRICKY_KEYS = [
 ]
 
 
-def staged(key: str, body: bytes, index: int, **attrs: object) -> StagedObject:
+def staged(key: str, body: bytes, index: int, **attrs: Any) -> StagedObject:
     """A staged object with a fixed staging time (one millisecond apart) and its real SHA-256."""
     return StagedObject(
         record_id=f"rec-{index}",
@@ -56,7 +57,7 @@ def staged(key: str, body: bytes, index: int, **attrs: object) -> StagedObject:
         body=body,
         staged_ms=STAGED_MS + index,
         sha256=hashlib.sha256(body).hexdigest(),
-        **attrs,  # type: ignore[arg-type]
+        **attrs,
     )
 
 
@@ -195,8 +196,12 @@ def test_batch_id_and_creation_time_change_the_bytes(
     objects: list[StagedObject], built: tuple[BuiltTar, bytes]
 ) -> None:
     keys = [obj.object_key for obj in objects]
-    for kwargs in ({"batch_id": "01JOTHER", "created_ms": CREATED_MS}, {"batch_id": BATCH_ID, "created_ms": 1}):
-        with build_tar(keys, objects, **kwargs) as other:  # type: ignore[arg-type]
+    variants: list[dict[str, Any]] = [
+        {"batch_id": "01JOTHER", "created_ms": CREATED_MS},
+        {"batch_id": BATCH_ID, "created_ms": 1},
+    ]
+    for kwargs in variants:
+        with build_tar(keys, objects, **kwargs) as other:
             assert other.sha256 != built[0].sha256
             assert other.members == built[0].members
 
@@ -348,7 +353,7 @@ def test_keys_at_the_segment_limit_extract_everywhere(tmp_path: Path) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
-    name=st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=300),
+    name=st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=300),
     size=st.one_of(st.integers(0, 4096), st.integers(8**11 - 2, 8**11 + 2)),
     staged_ms=st.one_of(st.integers(0, 2_000_000_000_000), st.just(8**11 * 1000)),
     content_type=st.one_of(st.none(), st.text(max_size=40)),

@@ -24,7 +24,7 @@ def tar_of(*bodies: bytes) -> BuiltTar:
 
 
 def test_put_then_identical_put_is_success_without_overwrite(stack: Stack) -> None:
-    bucket = stack.settings.bucket
+    bucket = stack.settings.require_bucket()
     uploader = Uploader(stack.s3)
     first = upload(uploader, bucket, "b/1.tar", b"hello")
     modified = stack.s3.head_object(Bucket=bucket, Key="b/1.tar")["LastModified"]
@@ -36,7 +36,7 @@ def test_put_then_identical_put_is_success_without_overwrite(stack: Stack) -> No
 
 
 def test_different_content_under_the_same_key_is_never_overwritten(stack: Stack) -> None:
-    bucket = stack.settings.bucket
+    bucket = stack.settings.require_bucket()
     uploader = Uploader(stack.s3)
     upload(uploader, bucket, "b/2.tar", b"ours")
     original = stack.tar_bytes("b/2.tar")
@@ -46,7 +46,7 @@ def test_different_content_under_the_same_key_is_never_overwritten(stack: Stack)
 
 
 def test_large_tar_goes_multipart_and_reads_back(stack: Stack) -> None:
-    bucket = stack.settings.bucket
+    bucket = stack.settings.require_bucket()
     bodies = [bytes([i]) * (3 * 1024 * 1024) for i in range(4)]
     uploader = Uploader(stack.s3, multipart_threshold_bytes=5 * 1024 * 1024, part_bytes=5 * 1024 * 1024)
     with tar_of(*bodies) as tar:
