@@ -3,7 +3,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck bench bench-quick clean
+.PHONY: demo test test-newest test-fast test-oldest lint typecheck bench bench-quick clean
+
+# The oldest releases pyproject.toml accepts: `make test` runs the end-to-end tests on them too.
+OLDEST := "celery[redis]==5.5.*" "kombu==5.5.*" "redis==5.0.*" "boto3==1.35.*"
+OLDEST_VENV := .venv-oldest
+E2E_TESTS := tests/test_celery_internals.py tests/test_end_to_end.py tests/test_events.py tests/test_canvas.py \
+	tests/test_client.py tests/test_tasks.py tests/test_guest.py tests/test_no_silent_waits.py \
+	tests/test_worker_start.py tests/test_find.py tests/test_config_module.py tests/test_structure.py
 
 $(BIN)/s3batch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +23,27 @@ demo: $(BIN)/s3batch
 	./scripts/ensure-system-packages
 	$(BIN)/s3batch demo
 
-## the whole test suite against real redis-server, moto's S3 server and Celery workers
-test: $(BIN)/s3batch
+## the whole test suite against real redis-server, moto's S3 server and Celery workers, then the end-to-end
+## tests again on the oldest supported Celery, kombu, redis-py and boto3
+test: test-newest test-oldest
+
+test-newest: $(BIN)/s3batch
 	./scripts/ensure-system-packages --test
 	$(BIN)/python -m pytest
+
+## the tests of pure modules, without any service (a few seconds)
+test-fast: $(BIN)/s3batch
+	$(BIN)/python -m pytest -m "not services" -q
+
+$(OLDEST_VENV)/bin/python: pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install --quiet --upgrade pip
+	$(OLDEST_VENV)/bin/pip install --quiet -e ".[dev]" $(OLDEST)
+	@touch $@
+
+test-oldest: $(OLDEST_VENV)/bin/python
+	./scripts/ensure-system-packages --test
+	$(OLDEST_VENV)/bin/python -m pytest $(E2E_TESTS)
 
 lint: $(BIN)/s3batch
 	$(BIN)/ruff check batcher workers tests bench examples
@@ -40,4 +64,4 @@ bench-quick: $(BIN)/s3batch
 	$(BIN)/python -m bench.suite --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

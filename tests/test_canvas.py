@@ -28,7 +28,7 @@ def test_chain_link_group_and_chord_get_the_ref(stack: Stack) -> None:
     result = chained.get(timeout=30)
     assert result["user_id"] == 42 and result["object_key"] == "users/42/avatar.png"
     # celery-types types parent as ResultBase | None; a chain's last result has its first as parent
-    assert result["key"] == cast(AsyncResult[Any], chained.parent).get(timeout=5)["key"]
+    assert result["key"] == cast("AsyncResult[Any]", chained.parent).get(timeout=5)["key"]
     assert linked.get(timeout=30)["object_key"] == "linked"
     assert len(linked.children or []) == 1 or linked.state == "SUCCESS"
     refs = grouped.get(timeout=30)

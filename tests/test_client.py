@@ -27,7 +27,7 @@ from workers import Batcher
 
 def handles(results: ResultSet) -> list[AsyncResult[Any]]:
     """``results.results``: celery-types allows None there, but a ResultSet built from a list holds that list."""
-    return cast(list[AsyncResult[Any]], results.results)
+    return cast("list[AsyncResult[Any]]", results.results)
 
 
 def refs_of(results: ResultSet, timeout_s: float = 120) -> list[BatchRef]:

@@ -37,7 +37,7 @@ SMALL_BATCHES: dict[str, Any] = {
     "S3BATCH_MAX_BATCH_AGE": 1,
     "S3BATCH_LEASE_SECONDS": 2,
 }
-Sent = list[tuple[str, bytes, AsyncResult[Any]]]
+Sent = list[tuple[str, bytes, "AsyncResult[Any]"]]
 
 
 @pytest.fixture

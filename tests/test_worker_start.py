@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 import subprocess
 import sys
 import time
@@ -27,12 +28,14 @@ def extra_redis(tmp_path: Path) -> Iterator[RedisStarter]:
 
     def start(*options: str) -> int:
         port = free_port()
+        while "--cluster-enabled" in options and not (port <= 55535 and _free(port + 10000)):
+            port = free_port()  # a cluster node also listens on its port + 10000 (the cluster bus)
         folder = tmp_path / f"redis-{port}"
         folder.mkdir()
         command = ["redis-server", "--port", str(port), "--bind", LOOPBACK, "--dir", str(folder), "--save", "",
                    "--appendonly", "no", *options]  # fmt: skip
         processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, check=False).returncode:
             assert time.monotonic() < deadline, command
             time.sleep(0.05)
@@ -42,6 +45,15 @@ def extra_redis(tmp_path: Path) -> Iterator[RedisStarter]:
     for process in processes:
         process.terminate()
         process.wait(10)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
 
 
 def start_worker(env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:

@@ -15,7 +15,8 @@ newest supported Celery (see ``.ci/run``):
    answer without a round trip (the bulk wait fills it from one MGET).
 3. RESULTSET BARRIER: ``ResultSet.__init__`` builds a barrier that subscribes to
    every result in its own round trip; ``init_result_set`` skips it and
-   ``ensure_barrier`` builds it only where Celery's own code needs it.
+   ``ensure_barrier`` builds it only where Celery's own code needs it (5.6
+   moved it into ``_set_ready_barrier``).
 4. CANVAS: a request's ``callbacks``, ``errbacks``, ``chain``, ``chord``,
    ``group``, ``group_index``, ``root_id`` and ``parent_id`` are what the tracer
    uses after a task returns; ``replay_success`` and ``replay_failure`` do
@@ -36,8 +37,13 @@ newest supported Celery (see ``.ci/run``):
    (``celery.worker.strategy``), success (``celery.app.trace``) and discarded
    expired tasks (``celery.worker.request``) are logged at INFO with
    arguments that name the task.
-10. GENERIC TASK: ``celery.Task`` is subscriptable only from Celery 5.7, so
-   ``Task[...]`` appears in annotations only.
+10. GENERIC TASK: ``celery.Task`` and ``AsyncResult`` are subscriptable only
+   from Celery 5.7, so ``Task[...]`` appears in annotations only.
+
+And of kombu's Redis transport, documented options: ``unacked_key``,
+``unacked_index_key`` and ``unacked_mutex_key`` (every supported kombu), and
+``unacked_restore_interval`` / ``unacked_restore_throttle`` (kombu 5.7 and
+later; older ones sweep for dead workers' messages about every 100 s).
 """
 
 from __future__ import annotations
@@ -110,7 +116,8 @@ def result_meta(backend: Any, task_id: str, state: str, result: Any, date_done: 
         "date_done": date_done if state in states.READY_STATES else None,
         "task_id": task_id,
     }
-    if backend.serializer == "json" and not backend.compression:
+    compression = getattr(backend, "compression", None) or backend.app.conf.result_compression  # 5.5 has no attribute
+    if backend.serializer == "json" and not compression:
         return json.dumps(meta)
     encoded: str | bytes = backend.encode(meta)
     return encoded.decode() if isinstance(encoded, bytes) else encoded
@@ -152,10 +159,14 @@ def init_result_set(result_set: Any, results: list[Any], app: Any) -> None:
 
 def ensure_barrier(result_set: Any) -> None:
     """Build the barrier that Celery's own ``iter_native`` needs (for backends other than Redis)."""
-    from vine import barrier
+    from vine import barrier, promise
 
     if result_set._on_full is None:
-        result_set._set_ready_barrier(barrier(result_set.results))
+        if hasattr(result_set, "_set_ready_barrier"):  # Celery 5.6 and later
+            result_set._set_ready_barrier(barrier(result_set.results))
+        else:  # Celery 5.5's __init__ does it inline
+            result_set._on_full = barrier(result_set.results)
+            result_set._on_full.then(promise(result_set._on_ready, weak=True))
 
 
 # ---- 4. canvas ----
