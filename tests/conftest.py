@@ -39,7 +39,6 @@ SERVICE_FIXTURES = frozenset({"redis_server", "s3_server"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "services: the test uses real services (redis-server, moto, workers)")
     _ports.update(redis=free_port(), s3=free_port())
     redis_url = f"redis://{LOOPBACK}:{_ports['redis']}/0"
     os.environ.update(

@@ -179,11 +179,12 @@ def test_10_task_is_generic_only_from_celery_5_7() -> None:
 
 
 def test_kombu_redis_transport_options_exist() -> None:
-    import kombu
+    from importlib.metadata import version
+
     from kombu.transport.redis import Channel
 
     options = ["visibility_timeout", "unacked_key", "unacked_index_key", "unacked_mutex_key"]
-    if tuple(int(part) for part in kombu.__version__.split(".")[:2]) >= (5, 7):
+    if tuple(int(part) for part in version("kombu").split(".")[:2]) >= (5, 7):
         options += ["unacked_restore_interval", "unacked_restore_throttle"]  # the 5 s sweep (README: reliability)
     for option in options:
         assert option in Channel.from_transport_options, option
