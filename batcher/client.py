@@ -18,8 +18,8 @@ from batcher.config import Settings
 from batcher.errors import ConfigError, InputError, StagingError
 from batcher.models import StagedObject
 from batcher.preflight import check_redis, refuse_cluster
-from batcher.producer import full_error, prepare_object
-from batcher.staging import FULL, STAGED, Staging
+from batcher.producer import full_error, prepare_object, reused_error
+from batcher.staging import CONFLICT, FULL, STAGED, Staging
 
 H = TypeVar("H")
 G = TypeVar("G")
@@ -37,8 +37,9 @@ those names."""
 class ResultChannel(Protocol[H, G_co]):
     """Stores the states of directly staged objects and makes the handles their callers wait on."""
 
-    def staged(self, objects: Sequence[StagedObject]) -> None:
-        """Store STAGED for each object (one round trip for all of them where the backend allows)."""
+    def staged(self, objects: Sequence[StagedObject], lane: str, epoch: str) -> None:
+        """Store STAGED for each object, staged in ``lane`` during ``epoch`` (one round trip for all of them where
+        the backend allows)."""
 
     def refuse(self, record_id: str, error: Exception) -> None:
         """Store FAILURE for an object that was never staged."""
@@ -160,7 +161,10 @@ class Batcher(Generic[H, G]):
             outcome = self.staging.stage(pending)
             refused_from = next((i for i, s in enumerate(outcome.statuses) if s == FULL), len(pending))
             staged.update(obj.record_id for obj in pending[:refused_from])
-            self.channel.staged([o for o, s in zip(pending, outcome.statuses, strict=True) if s == STAGED])
+            done = list(zip(pending, outcome.statuses, strict=True))
+            for obj in [o for o, status in done if status == CONFLICT]:  # a reused id: only a channel's own ids
+                self.channel.refuse(obj.record_id, reused_error(obj))
+            self.channel.staged([o for o, status in done if status == STAGED], self.staging.keys.lane, outcome.epoch)
             pending = pending[refused_from:]
             if outcome.flush_wanted or pending:  # full: a flush is what makes room
                 self.channel.request_flush()

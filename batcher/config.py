@@ -41,7 +41,8 @@ class Settings:
     max_object_bytes: int = 5 * 1024 * 1024
     max_staged_bytes: int = 1024 * 1024 * 1024
     lease_s: float = 30.0
-    upload_attempts: int = 5
+    upload_retry_s: float = 600.0
+    """How long a batch's uploads may keep failing for a transient reason before its callers hear FAILURE."""
     result_expires_s: float = 7 * 24 * 3600.0
     """How long results (the refs) stay in the result backend: long enough for a producer to store them."""
     no_worker_timeout_s: float = 60.0
@@ -83,6 +84,9 @@ class Settings:
         Raises ConfigError naming the variable or module setting that is wrong.
         """
         env = os.environ if environ is None else environ
+        for old, new in _REPLACED.items():
+            if (env.get(old) or "").strip():
+                raise ConfigError(f"{old} was replaced by {new}; set that one instead (README: configuration)")
         values: dict[str, Any] = {}
         for variable in _VARIABLES:
             raw = env.get(variable.name)
@@ -173,11 +177,15 @@ _VARIABLES = (
     _Variable("S3BATCH_MAX_OBJECT_BYTES", "max_object_bytes", _integer),
     _Variable("S3BATCH_MAX_STAGED_BYTES", "max_staged_bytes", _integer),
     _Variable("S3BATCH_LEASE_SECONDS", "lease_s", _seconds),
-    _Variable("S3BATCH_UPLOAD_ATTEMPTS", "upload_attempts", _integer),
+    _Variable("S3BATCH_UPLOAD_RETRY_SECONDS", "upload_retry_s", _seconds),
     _Variable("S3BATCH_RESULT_EXPIRES", "result_expires_s", _seconds),
     _Variable("S3BATCH_NO_WORKER_TIMEOUT", "no_worker_timeout_s", _seconds),
 )
 assert {variable.attr for variable in _VARIABLES} == {f.name for f in fields(Settings)}
+
+_REPLACED = {
+    "S3BATCH_UPLOAD_ATTEMPTS": "S3BATCH_UPLOAD_RETRY_SECONDS, a retry budget in seconds (default 600)",
+}
 
 VARIABLES: dict[str, str] = {variable.name: variable.attr for variable in _VARIABLES}
 """Each S3BATCH_* variable and the Settings field it sets."""

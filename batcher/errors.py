@@ -37,6 +37,10 @@ class InvalidMetadataError(InputError):
     """Raised when content_type or metadata are not strings within S3's limits."""
 
 
+class TaskIdReusedError(InputError):
+    """Raised when a task id that staged one object is sent again with another key or content."""
+
+
 class ContentRefusedError(InputError):
     """Raised when a task message is not JSON (pickle and others are refused)."""
 
@@ -54,6 +58,10 @@ class StagingError(S3BatchError):
 
 class StagingFullError(StagingError):
     """Raised when staging already holds MAX_STAGED_BYTES (backpressure)."""
+
+
+class StagingLostError(StagingError):
+    """Raised (in callers' results and waits) when the staged data an object was in is gone from Redis."""
 
 
 class UploadError(S3BatchError):

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from batcher import checkpoints
 from batcher.config import Settings
-from batcher.errors import DeadLetterError, PermanentUploadError, UploadError
+from batcher.errors import BatchConflictError, DeadLetterError, PermanentUploadError, UploadError
 from batcher.ids import new_batch_id
 from batcher.models import BatchRef, ClaimedBatch, StagedObject
 from batcher.staging import Staging
@@ -35,15 +35,19 @@ PUBLISH_CHUNK = 1000
 # batch (read chunk, in-memory spool and multipart part, each at its cap); smaller ones overlap by two.
 ALONE_BYTES = 16 * 1024 * 1024
 MAX_BACKOFF_S = 60.0
+REKEY_ATTEMPTS = 3
+PROBE_INTERVAL_MS = 15_000  # how often a flush asks S3 whether it answers again, while batches wait for it
 
 
 class ResultSink(Protocol):
     """Where the flush reports each object's outcome; both calls must be idempotent."""
 
-    def publish(self, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
-        """Store SUCCESS with the ref of each object (given as staging holds it, without its body)."""
+    def publish(self, batch: ClaimedBatch, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
+        """Store SUCCESS with the ref of each object of ``batch`` (given as staging holds it, without its body)."""
 
-    def fail(self, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]) -> None:
+    def fail(
+        self, batch: ClaimedBatch, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]
+    ) -> None:
         """Store FAILURE with ``error`` for each record id; ``heads`` holds those staging still describes."""
 
 
@@ -100,6 +104,7 @@ class Flusher:
         ALONE_BYTES or more is flushed alone.
         """
         self.staging.clear_flush_request()
+        self._revive_when_s3_answers()
         done: list[FlushedBatch] = []
         running: set[Future[FlushedBatch]] = set()
 
@@ -134,6 +139,19 @@ class Flusher:
                 make_room(0)
         return done
 
+    def _revive_when_s3_answers(self) -> None:
+        """Batches dead-lettered for a transient reason (their retry budget ran out) are uploaded again, with
+        a fresh budget, as soon as S3 answers again: one flush asks it every PROBE_INTERVAL_MS while there are
+        any. Permanent refusals wait for an operator (``s3batch retry``)."""
+        if not self.staging.probe_due(PROBE_INTERVAL_MS):
+            return
+        waiting = [row["batch_id"] for row in self.staging.dead_letters() if row.get("dead_reason") == "transient"]
+        if not waiting or not self.uploader.probe(self.bucket, f"{self.settings.prefix}.s3batch-probe"):
+            return
+        now_ms = _now_ms()
+        revived = sum(self.staging.revive(batch_id, now_ms) for batch_id in waiting)
+        log.warning("s3batch: S3 answers again; %d batches dead-lettered by the outage are uploaded again", revived)
+
     def claim(self, *, force: bool = False) -> ClaimedBatch | None:
         """Claim the next due batch, or None when nothing is due."""
         now_ms = _now_ms()
@@ -151,29 +169,31 @@ class Flusher:
         checkpoints.reached("claimed")
         heads: list[StagedObject] = []
         tar_bytes = 0
+        holder = [batch]  # a new key replaces the batch in it
         try:
             if batch.state != "done":
                 heads = self.staging.heads(batch)
-                with self._lease(batch):  # the renewals stop before a failure sets the backoff
-                    tar_bytes, etag, refs = self._upload(batch, heads, may_exist=recovered)
+                with self._lease(holder):  # the renewals stop before a failure sets the backoff
+                    tar_bytes, etag, refs = self._upload_rekeying(holder, heads, may_exist=recovered)
         except UploadError as exc:
-            return self._failed(batch, heads, exc, started, recovered)
+            return self._failed(holder[0], heads, exc, started, recovered)
         except Exception as exc:  # a missing record, a broken tar: counted like a failed upload
             log.exception("s3batch batch %s could not be built or uploaded", batch.batch_id)
             error = UploadError(f"batch {batch.batch_id} could not be built or uploaded: {exc!r}")
-            return self._failed(batch, heads, error, started, recovered)
-        with self._lease(batch):
+            return self._failed(holder[0], heads, error, started, recovered)
+        batch = holder[0]
+        with self._lease([batch]):
             if batch.state != "done":
                 checkpoints.reached("uploaded")
                 for start in range(0, len(refs), PUBLISH_CHUNK):
-                    self.results.publish(refs[start : start + PUBLISH_CHUNK])
+                    self.results.publish(batch, refs[start : start + PUBLISH_CHUNK])
                     checkpoints.reached("published-chunk")
                 if not self.staging.mark_uploaded(batch, etag, tar_bytes, self.uploader.requests_for(tar_bytes)):
                     log.warning("s3batch batch %s was taken over meanwhile; its new holder cleans up", batch.batch_id)
                     return self._report(batch, tar_bytes, started, recovered)
                 checkpoints.reached("marked-done")
             self.staging.delete_records([head.record_id for head in heads] or self.staging.record_ids(batch))
-            self.staging.drop(batch)
+            self.staging.drop(batch, _now_ms())
         report = self._report(batch, tar_bytes, started, recovered)
         log.info(
             "s3batch batch uploaded batch_id=%s objects=%d bytes=%d tar_bytes=%d seconds=%.3f "
@@ -182,6 +202,26 @@ class Flusher:
             self.bucket, report.key, recovered,
         )  # fmt: skip
         return report
+
+    def _upload_rekeying(
+        self, holder: list[ClaimedBatch], heads: Sequence[StagedObject], *, may_exist: bool
+    ) -> tuple[int, str, list[tuple[StagedObject, BatchRef]]]:
+        """``_upload`` the batch in ``holder``; when its key holds another object, give it a new id and key
+        (``holder`` then names it) and upload it there: a key fixed at claim time must not keep a batch from ever
+        landing."""
+        for _ in range(REKEY_ATTEMPTS):
+            batch = holder[0]
+            try:
+                return self._upload(batch, heads, may_exist=may_exist)
+            except BatchConflictError as exc:
+                now_ms = _now_ms()
+                new_id = new_batch_id(now_ms)
+                moved = self.staging.rekey(batch, new_id, batch_key(self.settings.prefix, new_id, now_ms), now_ms)
+                if moved is None:
+                    raise UploadError(f"batch {batch.batch_id} was taken over while it got a new key") from exc
+                log.warning("s3batch batch %s: %s; uploading it as batch %s instead", batch.batch_id, exc, new_id)
+                holder[0], may_exist = moved, False
+        raise BatchConflictError(f"batch {holder[0].batch_id}: {REKEY_ATTEMPTS} keys in a row held other objects")
 
     def _upload(
         self, batch: ClaimedBatch, heads: Sequence[StagedObject], *, may_exist: bool
@@ -205,28 +245,39 @@ class Flusher:
         started: float,
         recovered: bool,
     ) -> FlushedBatch:
+        """Back off and try again later while the retry budget (in time) lasts; then, or at once for a refusal
+        that retrying cannot fix, dead-letter the batch and tell its callers why."""
         now_ms = _now_ms()
-        attempts = self.staging.record_failure(batch, str(exc))
+        attempts, first_failed_ms = self.staging.record_failure(batch, str(exc), now_ms)
         if attempts < 0:
             return self._report(batch, 0, started, recovered, str(exc))
         permanent = isinstance(exc, PermanentUploadError)
-        if not permanent and attempts < self.settings.upload_attempts:
-            retry_at_ms = now_ms + int(backoff_s(attempts + 1) * 1000)
+        budget_ms = int(self.settings.upload_retry_s * 1000)
+        failing_ms = now_ms - first_failed_ms
+        if not permanent and failing_ms < budget_ms:
+            retry_at_ms = now_ms + min(int(backoff_s(attempts + 1) * 1000), budget_ms - failing_ms)
             self.staging.renew(batch, retry_at_ms)  # the lease becomes the backoff
             log.warning(
-                "s3batch batch %s upload attempt %d of %d failed, retrying in %.1f s: %s",
-                batch.batch_id, attempts, self.settings.upload_attempts, (retry_at_ms - now_ms) / 1000, exc,
+                "s3batch batch %s upload round %d failed (%.0f s of the %.0f s retry budget spent), retrying in "
+                "%.1f s: %s",
+                batch.batch_id, attempts, failing_ms / 1000, budget_ms / 1000, (retry_at_ms - now_ms) / 1000, exc,
             )  # fmt: skip
             return self._report(batch, 0, started, recovered, str(exc))
-        why = "permanent failure" if permanent else f"{attempts} failed attempts"
-        error = DeadLetterError(
-            f"batch {batch.batch_id} (s3://{self.bucket}/{batch.s3_key}, {batch.objects} objects) was not "
-            f"uploaded after {why}: {exc}. Its objects are kept in Redis; `s3batch retry {batch.batch_id}` "
-            "uploads it again"
-        )
+        where = f"batch {batch.batch_id} (s3://{self.bucket}/{batch.s3_key}, {batch.objects} objects)"
+        if permanent:
+            error = DeadLetterError(
+                f"{where} was refused by S3: {exc}. Its objects are kept in Redis; fix the cause, then "
+                f"`s3batch retry {batch.batch_id}` uploads it again"
+            )
+        else:
+            error = DeadLetterError(
+                f"{where} could not be uploaded for {failing_ms / 1000:.0f} s (S3BATCH_UPLOAD_RETRY_SECONDS="
+                f"{self.settings.upload_retry_s:g}): {exc}. Its objects are kept in Redis and it is uploaded by "
+                "itself once S3 answers again"
+            )
         record_ids = [head.record_id for head in heads] or self.staging.record_ids(batch)
-        if self.staging.dead_letter(batch, str(exc), now_ms):
-            self.results.fail(record_ids, error, {head.record_id: head for head in heads})
+        if self.staging.dead_letter(batch, str(exc), now_ms, transient=not permanent):
+            self.results.fail(batch, record_ids, error, {head.record_id: head for head in heads})
             log.error("s3batch %s", error)
         return self._report(batch, 0, started, recovered, str(exc))
 
@@ -239,21 +290,24 @@ class Flusher:
         )  # fmt: skip
 
     @contextmanager
-    def _lease(self, batch: ClaimedBatch) -> Iterator[None]:
-        """Renew the batch's lease in the background while the block runs."""
+    def _lease(self, holder: list[ClaimedBatch]) -> Iterator[None]:
+        """Renew the lease of the batch in ``holder`` (which a new key may replace) while the block runs."""
         stop = threading.Event()
 
         def renew() -> None:
             lease_ms = self.staging.limits.lease_ms
             while not stop.wait(lease_ms / 3000):
+                batch = holder[0]
                 try:
                     if not self.staging.renew(batch, _now_ms() + lease_ms):
+                        if holder[0] is not batch:
+                            continue  # it got a new key meanwhile: renew that one
                         log.warning("s3batch lost the lease on batch %s", batch.batch_id)
                         return
                 except Exception:  # a failed renewal only shortens the lease; the flush goes on
                     log.exception("s3batch could not renew the lease on batch %s", batch.batch_id)
 
-        thread = threading.Thread(target=renew, name=f"lease-{batch.batch_id}", daemon=True)
+        thread = threading.Thread(target=renew, name=f"lease-{holder[0].batch_id}", daemon=True)
         thread.start()
         try:
             yield

@@ -29,9 +29,22 @@ class Keys:
 
     @property
     def totals(self) -> str:
-        """HASH of counters: staged_bytes (all in Redis), queued_bytes and queued_objects (not claimed), and the
-        lifetime uploaded_objects, uploaded_batches, uploaded_bytes, uploaded_tar_bytes, put_requests."""
+        """HASH of counters: staged_bytes (all in Redis), queued_bytes and queued_objects (not claimed), the
+        lifetime uploaded_objects, uploaded_batches, uploaded_bytes, uploaded_tar_bytes, put_requests,
+        failed_rounds and lost_objects, and last_upload_ms."""
         return f"{self._base}:totals"
+
+    @property
+    def epoch(self) -> str:
+        """STRING naming this lane's staged data (``"<id> <created_ms>"``): it exists as long as the data does, so
+        a new one after a restart tells that what was staged before is gone."""
+        return f"{self._base}:epoch"
+
+    @property
+    def waiting(self) -> str:
+        """ZSET of claimed batches not yet uploaded (in flight or dead-lettered), scored by the staging time of their
+        oldest object: with the queue's head, the oldest object waiting anywhere."""
+        return f"{self._base}:waiting"
 
     @property
     def leases(self) -> str:
@@ -42,6 +55,12 @@ class Keys:
     def dead(self) -> str:
         """ZSET of dead-lettered batch ids (retry budget spent) scored by when they died (ms)."""
         return f"{self._base}:dead"
+
+    @property
+    def probe(self) -> str:
+        """STRING with a short expiry: a flush asked S3 lately whether it answers again (for transient dead
+        letters); the others need not."""
+        return f"{self._base}:probe"
 
     @property
     def flush_requested(self) -> str:
@@ -58,7 +77,8 @@ class Keys:
         return f"{self._base}:rec:{record_id}"
 
     def seen(self, record_id: str) -> str:
-        """STRING with an expiry: this record id was staged once, never stage it again."""
+        """STRING with an expiry, the fingerprint of what this record id staged: never stage it again, and refuse
+        another key or body under the same id."""
         return f"{self._base}:seen:{record_id}"
 
     def batch(self, batch_id: str) -> str:

@@ -44,6 +44,10 @@ class ClaimedBatch:
     objects: int
     size_bytes: int
     state: str = "claimed"
+    epoch: str = ""
+    """The epoch of the staged data its objects belong to (Keys.epoch)."""
+    lane: str = "0"
+    """The staging lane it was claimed from."""
 
 
 @dataclass(frozen=True)

@@ -11,18 +11,32 @@ from batcher.staging import Staging
 
 
 def stats(staging: Staging) -> dict[str, int | float]:
-    """What is waiting in staging and what the flush has uploaded so far (counters the flush keeps in Redis)."""
+    """What is waiting in staging and what the flush has uploaded so far (counters the flush keeps in Redis).
+
+    ``oldest_waiting_age_s`` covers every object not yet in S3 (queued, in a batch being uploaded or backed off,
+    dead-lettered): the figure to alert on. ``staging_epoch_age_s`` is how long the staged data has existed (a
+    Redis that restarted empty starts a new epoch), ``lost_objects`` how many results were failed because their
+    staged data was gone.
+    """
     totals = staging.totals()
     now_ms = int(time.time() * 1000)
     objects = totals.get("uploaded_objects", 0)
     requests = totals.get("put_requests", 0)
-    oldest_ms = totals["oldest_staged_ms"]
+
+    def age_s(ms: int) -> float:
+        return round((now_ms - ms) / 1000, 3) if ms else 0.0
+
     return {
         "objects_waiting": totals["queued_objects"],
         "bytes_staged": totals["staged_bytes"],
-        "oldest_staged_age_s": round((now_ms - oldest_ms) / 1000, 3) if oldest_ms else 0.0,
+        "oldest_staged_age_s": age_s(totals["oldest_staged_ms"]),
+        "oldest_waiting_age_s": age_s(totals["oldest_waiting_ms"]),
         "batches_in_flight": totals["batches_in_flight"],
         "dead_letters": totals["dead_letters"],
+        "failed_upload_rounds": totals["failed_rounds"],
+        "last_upload_age_s": age_s(totals.get("last_upload_ms", 0)),
+        "staging_epoch_age_s": age_s(totals["epoch_ms"]),
+        "lost_objects": totals["lost_objects"],
         "uploaded_objects": objects,
         "uploaded_batches": totals.get("uploaded_batches", 0),
         "uploaded_bytes": totals.get("uploaded_bytes", 0),

@@ -7,9 +7,9 @@ import time
 from typing import Any
 
 from batcher.config import Settings
-from batcher.errors import StagingFullError
+from batcher.errors import StagingFullError, TaskIdReusedError
 from batcher.models import StagedObject
-from batcher.staging import FULL, Staging
+from batcher.staging import CONFLICT, FULL, StageOutcome, Staging
 from batcher.validation import check_body, check_content_type, check_key, check_metadata
 
 
@@ -38,15 +38,27 @@ def prepare_object(
     )
 
 
-def stage_object(staging: Staging, obj: StagedObject) -> bool:
-    """Stage one object (a second time for its record id changes nothing); returns whether to flush now.
+def stage_object(staging: Staging, obj: StagedObject) -> StageOutcome:
+    """Stage one object (a second time for its record id changes nothing); its outcome says whether to flush now
+    and the staging epoch it is in.
 
-    Raises StagingFullError, StagingError.
+    Raises StagingFullError, TaskIdReusedError (the id staged another object), StagingError.
     """
-    (status,) = (outcome := staging.stage([obj])).statuses
+    outcome = staging.stage([obj])
+    (status,) = outcome.statuses
     if status == FULL:
         raise full_error(staging, obj)
-    return outcome.flush_wanted
+    if status == CONFLICT:
+        raise reused_error(obj)
+    return outcome
+
+
+def reused_error(obj: StagedObject) -> TaskIdReusedError:
+    """The error for a record id that already staged another object (a reused task id)."""
+    return TaskIdReusedError(
+        f"task id {obj.record_id} already staged another object (a different key, body, content type or "
+        f"metadata than {obj.object_key!r}, {obj.size} bytes); give every object its own task id"
+    )
 
 
 def full_error(staging: Staging, obj: StagedObject) -> StagingFullError:

@@ -6,17 +6,21 @@ key, SHA-256, content type, metadata and the adapter's context) and its body
 place, age and size for the claim. The scripts receive each object as
 ``OBJECT_STRIDE`` arguments (``pack``); ``lua/prelude.lua`` reads them and
 encodes and parses queue entries the same way as ``encode_entry`` and
-``parse_entry`` here.
+``parse_entry`` here. The fingerprint (of key and content) is what a record id
+stays bound to for a week: the same id with another object is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
+import time
 from typing import Any
 
 from batcher.models import StagedObject
 
-OBJECT_STRIDE = 4  # record_id, staged_ms, head, body: keep equal to prelude.lua's OBJECT_STRIDE
+OBJECT_STRIDE = 5  # record_id, staged_ms, head, body, fingerprint: keep equal to prelude.lua's OBJECT_STRIDE
 HEAD_FIELD = b"h"
 BODY_FIELD = b"b"
 
@@ -44,9 +48,15 @@ def encode_head(obj: StagedObject) -> str:
     return json.dumps(head, separators=(",", ":"), ensure_ascii=False)
 
 
+def fingerprint(obj: StagedObject) -> str:
+    """What identifies an object's content for its record id: its key, SHA-256, content type and metadata."""
+    facts = json.dumps([obj.object_key, obj.sha256, obj.content_type, dict(obj.metadata)], sort_keys=True)
+    return hashlib.sha256(facts.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
 def pack(obj: StagedObject) -> list[Any]:
     """The OBJECT_STRIDE script arguments of one object to stage."""
-    return [obj.record_id, obj.staged_ms, encode_head(obj), obj.body]
+    return [obj.record_id, obj.staged_ms, encode_head(obj), obj.body, fingerprint(obj)]
 
 
 def unpack_head(entry: bytes, head: bytes) -> StagedObject:
@@ -64,3 +74,8 @@ def unpack_head(entry: bytes, head: bytes) -> StagedObject:
         context=fields.get("c"),
         size=size,
     )
+
+
+def new_epoch() -> str:
+    """A fresh epoch value for staging: ``"<random id> <created ms>"``."""
+    return f"{secrets.token_hex(8)} {int(time.time() * 1000)}"

@@ -21,9 +21,9 @@ from batcher.config import Settings
 from batcher.errors import StagingError
 from batcher.keys import Keys
 from batcher.models import ClaimedBatch, StagedObject
-from batcher.records import BODY_FIELD, HEAD_FIELD, pack, parse_entry, unpack_head
+from batcher.records import BODY_FIELD, HEAD_FIELD, new_epoch, pack, parse_entry, unpack_head
 
-STAGED, DUPLICATE, FULL = 1, 0, -1
+STAGED, DUPLICATE, FULL, CONFLICT = 1, 0, -1, -2
 SEEN_TTL_S = 7 * 24 * 3600  # a redelivered message is recognised for a week
 FLUSH_REQUEST_TTL_MS = 1000  # at most one early flush request per second and lane
 _READ_CHUNK_BYTES = 8 * 1024 * 1024
@@ -70,10 +70,12 @@ class StagingLimits:
 
 @dataclass(frozen=True)
 class StageOutcome:
-    """What staging did: one status per object (STAGED, DUPLICATE, FULL), and whether to flush now."""
+    """What staging did: one status per object (STAGED, DUPLICATE, FULL, CONFLICT), whether to flush now, and
+    the epoch of the lane's staged data (empty when nothing was ever staged there)."""
 
     statuses: list[int]
     flush_wanted: bool
+    epoch: str = ""
 
 
 def connect(redis_url: str) -> redis.Redis:
@@ -106,19 +108,29 @@ class Staging:
     def stage(self, objects: Sequence[StagedObject]) -> StageOutcome:
         """Append objects to the queue in order; raises StagingError when Redis fails."""
         limits = self.limits
-        keys = [self.keys.queue, self.keys.totals, self.keys.flush_requested]
+        keys = [self.keys.queue, self.keys.totals, self.keys.flush_requested, self.keys.epoch]
         args: list[Any] = [
             limits.max_staged_bytes,
             SEEN_TTL_S,
             limits.max_batch_bytes,
             limits.max_batch_objects,
             FLUSH_REQUEST_TTL_MS,
+            new_epoch(),
         ]
         for obj in objects:
             keys += [self.keys.record(obj.record_id), self.keys.seen(obj.record_id)]
             args += pack(obj)
-        reply = cast(list[int], self._call("stage", keys, args, "stage objects"))
-        return StageOutcome(statuses=[int(s) for s in reply[1:]], flush_wanted=bool(reply[0]))
+        reply = cast(list[Any], self._call("stage", keys, args, "stage objects"))
+        return StageOutcome(statuses=[int(s) for s in reply[2:]], flush_wanted=bool(reply[0]), epoch=_text(reply[1]))
+
+    def epoch(self) -> str:
+        """The epoch of this lane's staged data, or "" when there is none (nothing staged since Redis started
+        empty)."""
+        return _text(self._redis("read the staging epoch", self.client.get, self.keys.epoch))
+
+    def probe_due(self, every_ms: int) -> bool:
+        """True for one caller per ``every_ms`` (the flush that should ask S3 whether it answers again)."""
+        return bool(self._redis("take the S3 probe", self.client.set, self.keys.probe, b"1", None, every_ms, True))
 
     def clear_flush_request(self) -> None:
         """Let the next threshold crossing ask for a flush again."""
@@ -134,6 +146,8 @@ class Staging:
             self.keys.leases,
             self.keys.batch(batch_id),
             self.keys.batch_entries(batch_id),
+            self.keys.waiting,
+            self.keys.epoch,
         ]
         args = [
             now_ms, limits.max_batch_age_ms, limits.max_batch_objects, limits.max_batch_bytes, limits.lease_ms,
@@ -142,8 +156,10 @@ class Staging:
         reply = self._call("claim", keys, args, "claim a batch")
         if not reply:
             return None
-        objects, size = cast(list[int], reply)
-        return ClaimedBatch(batch_id, s3_key, now_ms, token, int(objects), int(size))
+        objects, size, epoch = cast(list[Any], reply)
+        return ClaimedBatch(
+            batch_id, s3_key, now_ms, token, int(objects), int(size), epoch=_text(epoch), lane=self.keys.lane
+        )
 
     def record_ids(self, batch: ClaimedBatch) -> list[str]:
         """The record ids of the batch's objects, in staging order (what is needed to answer or delete them)."""
@@ -217,6 +233,8 @@ class Staging:
             objects=int(fields["objects"]),
             size_bytes=int(fields["bytes"]),
             state=fields["state"],
+            epoch=fields.get("epoch", ""),
+            lane=self.keys.lane,
         )
 
     def mark_uploaded(self, batch: ClaimedBatch, etag: str, tar_bytes: int = 0, put_requests: int = 1) -> bool:
@@ -231,26 +249,45 @@ class Staging:
             names = [self.keys.record(record_id) for record_id in record_ids[start : start + _READ_CHUNK_OBJECTS]]
             self._redis("delete staged objects", self.client.unlink, *names)
 
-    def drop(self, batch: ClaimedBatch) -> bool:
+    def drop(self, batch: ClaimedBatch, now_ms: int) -> bool:
         """Forget an uploaded batch and release its bytes from the staging budget."""
         keys = [
             self.keys.leases,
             self.keys.batch(batch.batch_id),
             self.keys.batch_entries(batch.batch_id),
             self.keys.totals,
+            self.keys.waiting,
         ]
-        return bool(self._call("drop_batch", keys, [batch.batch_id], "drop a batch"))
+        return bool(self._call("drop_batch", keys, [batch.batch_id, now_ms], "drop a batch"))
 
-    def record_failure(self, batch: ClaimedBatch, error: str) -> int:
-        """Count a failed upload; returns the attempts so far, -1 if the lease was lost."""
-        keys = [self.keys.batch(batch.batch_id)]
-        return int(self._call("record_failure", keys, [batch.token, error], "record an upload failure"))
+    def record_failure(self, batch: ClaimedBatch, error: str, now_ms: int) -> tuple[int, int]:
+        """Count a failed upload round; returns (rounds so far, when the first failed in ms), (-1, 0) if the lease
+        was lost."""
+        keys = [self.keys.batch(batch.batch_id), self.keys.totals]
+        attempts, first_ms = cast(list[int], self._call("record_failure", keys, [batch.token, error, now_ms],
+                                                        "record an upload failure"))  # fmt: skip
+        return int(attempts), int(first_ms or 0)
 
-    def dead_letter(self, batch: ClaimedBatch, error: str, now_ms: int) -> bool:
-        """Park the batch (records kept) until ``revive``; False if the lease was lost."""
+    def dead_letter(self, batch: ClaimedBatch, error: str, now_ms: int, *, transient: bool) -> bool:
+        """Park the batch (records kept) until ``revive``; False if the lease was lost.
+
+        A ``transient`` one (its retry budget ran out) is revived by the flush once S3 answers again.
+        """
         keys = [self.keys.leases, self.keys.dead, self.keys.batch(batch.batch_id)]
-        args = [batch.batch_id, batch.token, error, now_ms]
+        args = [batch.batch_id, batch.token, error, now_ms, "transient" if transient else "permanent"]
         return bool(self._call("dead_letter", keys, args, "dead-letter a batch"))
+
+    def rekey(self, batch: ClaimedBatch, batch_id: str, s3_key: str, now_ms: int) -> ClaimedBatch | None:
+        """The batch under a new id and S3 key (its old key holds another object), or None if the lease was lost."""
+        old, new = batch.batch_id, batch_id
+        keys = [
+            self.keys.leases, self.keys.waiting, self.keys.batch(old), self.keys.batch_entries(old),
+            self.keys.batch(new), self.keys.batch_entries(new),
+        ]  # fmt: skip
+        args = [batch.batch_id, batch.token, batch_id, s3_key, now_ms]
+        if not self._call("rekey", keys, args, "give a batch a new key"):
+            return None
+        return replace(batch, batch_id=batch_id, s3_key=s3_key, created_ms=now_ms)
 
     def revive(self, batch_id: str, now_ms: int) -> bool:
         """Make a dead-lettered batch due again with a fresh retry budget; False if it is not dead."""
@@ -258,7 +295,7 @@ class Staging:
         return bool(self._call("revive", keys, [batch_id, now_ms], "revive a batch"))
 
     def dead_letters(self) -> list[dict[str, str]]:
-        """Each dead-lettered batch: batch_id, s3_key, objects, bytes, attempts, last_error, dead_ms."""
+        """Each dead-lettered batch: batch_id, s3_key, objects, bytes, attempts, last_error, dead_ms, dead_reason."""
         ids = cast(list[bytes], self._redis("list dead letters", self.client.zrange, self.keys.dead, 0, -1))
         pipe = self.client.pipeline(transaction=False)
         for batch_id in ids:
@@ -267,22 +304,31 @@ class Staging:
         return [{k.decode(): v.decode() for k, v in row.items() if k != b"token"} for row in rows]
 
     def totals(self) -> dict[str, int]:
-        """Counters: staged_bytes, queued_bytes, queued_objects, batches_in_flight, oldest_staged_ms,
-        dead_letters."""
+        """Counters (Keys.totals) and: batches_in_flight, dead_letters, oldest_staged_ms (the queue's head),
+        oldest_waiting_ms (the oldest object not yet in S3, queued or in a claimed batch), epoch_ms (when the
+        lane's staged data began; 0 when there is none); 0 where there is nothing."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.totals)
         pipe.zcard(self.keys.leases)
         pipe.lindex(self.keys.queue, 0)
         pipe.zcard(self.keys.dead)
-        raw, in_flight, head, dead = self._redis("read staging totals", pipe.execute)
+        pipe.zrange(self.keys.waiting, 0, 0, withscores=True)
+        pipe.get(self.keys.epoch)
+        raw, in_flight, head, dead, oldest_batch, epoch = self._redis("read staging totals", pipe.execute)
         result = {k.decode(): int(v) for k, v in cast(dict[bytes, bytes], raw).items()}
-        result.setdefault("staged_bytes", 0)
-        result.setdefault("queued_bytes", 0)
-        result.setdefault("queued_objects", 0)
+        for name in ("staged_bytes", "queued_bytes", "queued_objects", "failed_rounds", "lost_objects"):
+            result.setdefault(name, 0)
         result["batches_in_flight"] = int(in_flight)
-        result["oldest_staged_ms"] = parse_entry(head)[0] if head else 0
         result["dead_letters"] = int(dead)
+        result["oldest_staged_ms"] = parse_entry(head)[0] if head else 0
+        oldest = [ms for ms in (result["oldest_staged_ms"], int(oldest_batch[0][1]) if oldest_batch else 0) if ms]
+        result["oldest_waiting_ms"] = min(oldest, default=0)
+        result["epoch_ms"] = int(epoch.split(b" ")[1]) if epoch and b" " in epoch else 0
         return result
+
+    def count_lost(self, objects: int) -> None:
+        """Add ``objects`` whose staged data was lost (an earlier epoch) to the lifetime counter."""
+        self._redis("count lost objects", self.client.hincrby, self.keys.totals, "lost_objects", objects)
 
     def _call(self, script: str, keys: list[str], args: list[Any], what: str) -> Any:
         try:
@@ -295,6 +341,10 @@ class Staging:
             return fn(*args)
         except redis.RedisError as exc:
             raise StagingError(f"Redis refused to {what}: {exc}") from exc
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
 def _missing(record_id: str) -> StagingError:

@@ -7,9 +7,12 @@ For servers that ignore the header, a batch that may already exist (one taken
 over from a dead flush) is looked up with HEAD first.
 
 Transient failures (connection errors, timeouts, 5xx, throttling) are retried
-by botocore's standard retry mode: up to 6 attempts with exponential backoff
-and full jitter. What is left is raised as UploadError, and as
-PermanentUploadError when retrying cannot help.
+by botocore's standard retry mode, configured here rather than left to the
+installed botocore's defaults: 3 attempts per round with exponential backoff
+and jitter, connect timeout 5 s, read timeout 60 s. What is left is raised as
+UploadError (the flush retries it with its own backoff within
+S3BATCH_UPLOAD_RETRY_SECONDS), and as PermanentUploadError when retrying
+cannot help.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ if TYPE_CHECKING:
 SHA256_METADATA = "s3batch-sha256"
 MULTIPART_THRESHOLD_BYTES = 128 * 1024 * 1024
 PART_BYTES = 16 * 1024 * 1024
-S3_ATTEMPTS = 6
-_RETRIES = {"mode": "standard", "max_attempts": S3_ATTEMPTS}
+S3_ATTEMPTS = 3  # per round: the flush's own backoff spans longer outages
+_RETRIES = {"mode": "standard", "total_max_attempts": S3_ATTEMPTS}
 # Refusals that another try cannot fix (every 403 too); any other error is retried within the budget.
 _PERMANENT_CODES = {
     "NoSuchBucket", "InvalidBucketName", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -54,7 +57,7 @@ def upload_requests(
 
 def s3_client(**kwargs: Any) -> S3Client:
     """A boto3 S3 client configured the boto3 way (env, profiles), with standard retries."""
-    config = Config(retries=_RETRIES, connect_timeout=10, read_timeout=60)  # type: ignore[arg-type]
+    config = Config(retries=_RETRIES, connect_timeout=5, read_timeout=60)  # type: ignore[arg-type]
     return boto3.client("s3", config=config, **kwargs)
 
 
@@ -101,7 +104,7 @@ class Uploader:
         where = f"s3://{bucket}/{key}"
         try:
             if may_exist:
-                existing = self._existing_etag(bucket, key, tar)
+                existing = self._lookup_before_upload(bucket, key, tar)
                 if existing is not None:
                     return existing
             if tar.size >= self.multipart_threshold_bytes:
@@ -114,6 +117,19 @@ class Uploader:
             if etag is None:
                 raise UploadError(f"S3 answered 412 for {where} but has no object there") from exc
             return etag
+
+    def _lookup_before_upload(self, bucket: str, key: str, tar: BuiltTar) -> str | None:
+        """``_existing_etag`` for a batch that may be in S3 already; a 403 counts as "not there".
+
+        Without s3:ListBucket, S3 answers a HEAD of a missing key with 403, not 404: the conditional create
+        that follows is what keeps an existing object safe then.
+        """
+        try:
+            return self._existing_etag(bucket, key, tar)
+        except ClientError as exc:
+            if _status(exc) == 403:
+                return None
+            raise
 
     def _put(self, bucket: str, key: str, tar: BuiltTar) -> str:
         tar.file.seek(0)
@@ -179,8 +195,11 @@ class Uploader:
         """The ETag at ``key`` if it is our tar, None if nothing is there; BatchConflictError otherwise.
 
         A HEAD answer that lacks a whole ETag or our checksum metadata (a response cut short) is
-        asked again rather than taken as a conflict; if it stays incomplete, UploadError (retried).
+        asked again rather than taken as a conflict; three whole answers that agree on an object of
+        another size without s3batch's metadata name a foreign object. Anything else stays UploadError
+        (retried).
         """
+        answers: list[tuple[str, int]] = []
         for _ in range(3):
             try:
                 head = self.client.head_object(Bucket=bucket, Key=key)
@@ -196,7 +215,24 @@ class Uploader:
                         f"{tar.sha256}); refusing to overwrite it"
                     )
                 return str(etag)
+            if _whole_etag(etag) and not any(name.startswith("s3batch-") for name in head.get("Metadata", {})):
+                answers.append((str(etag), int(head.get("ContentLength", -1))))
+        if len(answers) == 3 and len(set(answers)) == 1 and answers[0][1] != tar.size:
+            raise BatchConflictError(
+                f"s3://{bucket}/{key} holds a foreign object (not written by s3batch: {answers[0][1]} bytes, ETag "
+                f"{answers[0][0]}, no s3batch metadata); refusing to overwrite it"
+            )
         raise UploadError(f"S3 answered HEAD s3://{bucket}/{key} incompletely (ETag {etag!r}, sha256 {theirs!r})")
+
+    def probe(self, bucket: str, key: str) -> bool:
+        """Whether S3 answers at all: any HTTP answer below 500 to a HEAD of ``key`` (which need not exist)."""
+        try:
+            self.client.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            return 0 < _status(exc) < 500
+        except BotoCoreError:
+            return False
+        return True
 
 
 def _whole_etag(etag: object) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 
 from batcher.config import Settings
 from batcher.flush import Flusher
-from batcher.models import BatchRef, StagedObject
+from batcher.models import BatchRef, ClaimedBatch, StagedObject
 from batcher.staging import Staging
 from batcher.uploader import Uploader, s3_client
 
@@ -44,13 +44,15 @@ class CountingSink:
         self.ref_every = ref_every
         self.sample: list[dict[str, Any]] = []
 
-    def publish(self, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
+    def publish(self, batch: ClaimedBatch, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
         for head, ref in uploaded:
             if self.ref_every and self.published % self.ref_every == 0:
                 self.sample.append({"record_id": head.record_id, **ref.to_dict()})
             self.published += 1
 
-    def fail(self, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]) -> None:
+    def fail(
+        self, batch: ClaimedBatch, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]
+    ) -> None:
         self.failed += len(record_ids)
 
 

@@ -17,6 +17,10 @@ through a shuffled bag, so every kind turns up once enough faults were drawn):
 - ``truncate``: the request reaches the upstream (so its effect happens), the
   answer is cut short (before its status code is complete, or anywhere in its
   head) and the connection closed.
+
+Whole outages: ``refuse()`` stops listening (connections are refused, as with a
+stopped S3 or a closed port) until ``accept()``; ``black_hole()`` takes
+connections and never answers (a partition) until ``accept()``.
 """
 
 from __future__ import annotations
@@ -77,12 +81,35 @@ class FaultProxy:
         self.faults: Counter[str] = Counter()  # by kind
         self.upstream_statuses: Counter[int] = Counter()
         self.proxy_errors: list[str] = []
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.proxy = self
+        self._holes = threading.Event()  # set while black-holing
+        self._server, self._thread = self._serve(0)
         self.port = int(self._server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="faultproxy", daemon=True)
-        self._thread.start()
+
+    def _serve(self, port: int) -> tuple[_Server, threading.Thread]:
+        server = _Server(("127.0.0.1", port), _Handler)
+        server.proxy = self
+        thread = threading.Thread(target=server.serve_forever, name="faultproxy", daemon=True)
+        thread.start()
+        return server, thread
+
+    # -- whole outages ---------------------------------------------------------------------------
+
+    def refuse(self) -> None:
+        """Stop listening: every new connection is refused until ``accept()``."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def black_hole(self) -> None:
+        """Take connections and never answer them (a network partition) until ``accept()``."""
+        self._holes.set()
+
+    def accept(self) -> None:
+        """End an outage: listen again (on the same port) and answer."""
+        self._holes.clear()
+        if self._server.socket.fileno() < 0:
+            self._server, self._thread = self._serve(self.port)
 
     # -- configuration ---------------------------------------------------------------------------
 
@@ -216,6 +243,8 @@ class _Handler(socketserver.BaseRequestHandler):
             header_lines = _read_header_lines(rfile)
             method, target, _ = request_line.decode("latin-1").split(" ", 2)
             headers = _header_map(header_lines)
+            while proxy._holes.is_set() and not proxy._stopping.is_set():
+                time.sleep(0.1)  # black-holed: the client waits for its own timeout
             kind, cut = proxy._decide(method.upper(), target.split("?", 1)[0])
             if kind == "reset":
                 _reset(sock)

@@ -21,7 +21,7 @@ ALL_VARIABLES = {
     "S3BATCH_MAX_OBJECT_BYTES": "4096",
     "S3BATCH_MAX_STAGED_BYTES": "2000000",
     "S3BATCH_LEASE_SECONDS": "3",
-    "S3BATCH_UPLOAD_ATTEMPTS": "2",
+    "S3BATCH_UPLOAD_RETRY_SECONDS": "45",
     "S3BATCH_RESULT_EXPIRES": "3600",
     "S3BATCH_NO_WORKER_TIMEOUT": "15",
 }
@@ -33,7 +33,7 @@ NUMERIC_VARIABLES = [
     "S3BATCH_MAX_OBJECT_BYTES",
     "S3BATCH_MAX_STAGED_BYTES",
     "S3BATCH_LEASE_SECONDS",
-    "S3BATCH_UPLOAD_ATTEMPTS",
+    "S3BATCH_UPLOAD_RETRY_SECONDS",
     "S3BATCH_RESULT_EXPIRES",
     "S3BATCH_NO_WORKER_TIMEOUT",
 ]
@@ -49,7 +49,7 @@ def test_defaults_match_design_table() -> None:
     assert settings.max_batch_objects == 10000
     assert settings.max_object_bytes == 5242880
     assert settings.max_staged_bytes == 1073741824
-    assert settings.lease_s == 30 and settings.upload_attempts == 5
+    assert settings.lease_s == 30 and settings.upload_retry_s == 600
 
 
 def test_from_empty_env_gives_defaults() -> None:
@@ -72,7 +72,7 @@ def test_from_env_reads_every_variable() -> None:
         max_object_bytes=4096,
         max_staged_bytes=2_000_000,
         lease_s=3.0,
-        upload_attempts=2,
+        upload_retry_s=45.0,
         result_expires_s=3600.0,
         no_worker_timeout_s=15.0,
     )
@@ -248,3 +248,8 @@ def test_the_app_is_configured_at_first_use_not_at_import() -> None:
     assert app._s3batch_settings is None  # nothing read yet
     assert app.conf.result_expires == Settings.from_env().result_expires_s
     assert app.s3batch_settings == Settings.from_env()
+
+
+def test_the_replaced_upload_attempts_variable_is_named_with_its_successor() -> None:
+    with pytest.raises(ConfigError, match="S3BATCH_UPLOAD_ATTEMPTS was replaced by S3BATCH_UPLOAD_RETRY_SECONDS"):
+        Settings.from_env({"S3BATCH_UPLOAD_ATTEMPTS": "5"})

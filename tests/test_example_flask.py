@@ -167,7 +167,7 @@ def test_requests_that_cannot_be_served_yet_or_at_all(client: FlaskClient) -> No
     assert expect_error(client.get(f"/objects/{expired}/content"), 410)["state"] == "EXPIRED"
 
     staged = new_task_id()
-    ResultWriter(app).mark_staged(staged, {"object_key": "k", "size": 1, "sha256": "0" * 64})
+    ResultWriter(app).mark_staged(staged, {"object_key": "k", "size": 1, "sha256": "0" * 64}, "0", "")
     try:
         assert json_of(client.get(f"/objects/{staged}"))["staged"]["object_key"] == "k"
         assert expect_error(client.get(f"/objects/{staged}/content"), 409)["state"] == "STAGED"

@@ -14,7 +14,7 @@ import pytest
 
 from batcher.flush import Flusher, batch_key
 from batcher.index import INDEX_NAME, TRAILER_NAME
-from batcher.models import BatchRef, StagedObject
+from batcher.models import BatchRef, ClaimedBatch, StagedObject
 from batcher.uploader import Uploader
 from tests.factories import stage_with, staged
 from tests.support import Stack
@@ -27,12 +27,14 @@ class Recorder:
         self.refs: dict[str, BatchRef] = {}
         self.failures: dict[str, Exception] = {}
 
-    def publish(self, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
+    def publish(self, batch: ClaimedBatch, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
         for head, ref in uploaded:
             assert head.record_id not in self.refs, f"{head.record_id} published twice"
             self.refs[head.record_id] = ref
 
-    def fail(self, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]) -> None:
+    def fail(
+        self, batch: ClaimedBatch, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]
+    ) -> None:
         for record_id in record_ids:
             self.failures[record_id] = error
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,3 +82,38 @@ def test_put_bulk_loads_files_and_reports_failures(stack: Stack, tmp_path: Path,
         tar = stack.tar_bytes(ref["key"])
         assert tar[ref["offset"] : ref["offset"] + ref["size"]] == files[ref["object_key"]]
         assert Path(ref["path"]).read_bytes() == files[ref["object_key"]]
+
+
+def run_on_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run ``args`` with stdout and stderr on a pseudo-terminal; its exit status and everything it wrote."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a 160-column terminal
+    process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal, env=env)
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(controller)
+    return process.wait(60), output.decode(errors="replace")
+
+
+def test_put_draws_bars_with_totals_on_a_terminal_only(stack: Stack, tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.bin").write_bytes(bytes(1000))
+    stack.start_worker()
+    args = [sys.executable, "-m", "batcher.cli", "put", str(root)]
+    piped = subprocess.run(args, env=stack.env(), capture_output=True, text=True, timeout=60, check=False)
+    assert piped.returncode == 0, piped.stderr
+    assert "staging" not in piped.stderr and "uploaded:" not in piped.stderr  # no bar on a pipe
+    status, shown = run_on_a_terminal(args, stack.env())
+    assert status == 0, shown
+    assert "3/3 objects" in shown and "3.00k/3.00k" in shown  # objects and bytes against their totals
+    assert "uploaded: 100%" in shown and "3/3" in shown

@@ -26,7 +26,7 @@ from batcher.errors import (
 )
 from batcher.flush import Flusher
 from batcher.index import location_from_metadata
-from batcher.models import StagedObject
+from batcher.models import ClaimedBatch, StagedObject
 from batcher.reader import MAX_PROBLEMS, TAIL_BYTES
 from batcher.tarwriter import build_tar
 from batcher.uploader import Uploader
@@ -60,10 +60,12 @@ class Sink:
     def __init__(self) -> None:
         self.refs: dict[str, BatchRef] = {}
 
-    def publish(self, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
+    def publish(self, batch: ClaimedBatch, uploaded: Sequence[tuple[StagedObject, BatchRef]]) -> None:
         self.refs.update((head.record_id, ref) for head, ref in uploaded)
 
-    def fail(self, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]) -> None:
+    def fail(
+        self, batch: ClaimedBatch, record_ids: Sequence[str], error: Exception, heads: Mapping[str, StagedObject]
+    ) -> None:
         raise AssertionError(f"flush failed: {error}")
 
 

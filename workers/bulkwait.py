@@ -19,6 +19,8 @@ from celery.result import ResultSet, assert_will_not_block  # type: ignore[attr-
 
 from workers import celery_internals as internals
 from workers.liveness import check_served
+from workers.redelivery import resend_lost
+from workers.results import STAGED, PutObjectResult, staging_lost
 
 _CHUNK = 1000
 # Re-read what is still pending after 1 s without its notification, then 2, 4, 8, 10 s: a safety net for a
@@ -110,7 +112,10 @@ def _wait_all(app: Any, backend: Any, results: list[Any], timeout: float | None)
                 raise CeleryTimeoutError(f"{len(pending)} of {len(results)} results were not ready in {timeout} s")
             if now >= recheck:
                 yield from _read_ready(backend, client, pending, states_seen)
-                check_served(app, {states_seen.get(key, states.PENDING) for key in pending}, now - started)
+                waiting = {key: states_seen.get(key, states.PENDING) for key in pending}
+                resend_lost(app, [pending[k] for k, state in waiting.items() if state == states.PENDING
+                                  and isinstance(pending[k], PutObjectResult)])  # fmt: skip
+                check_served(app, set(waiting.values()), now - started)
                 every = min(_RECHECK_MAX_S, every * 2)
                 recheck = time.monotonic() + every
                 continue
@@ -135,6 +140,13 @@ def _read_ready(backend: Any, client: Any, pending: dict[bytes, Any], states_see
         chunk = keys[start : start + _CHUNK]
         for key, payload in zip(chunk, client.mget(chunk), strict=True):
             if payload is None:
+                result = pending[key]
+                epoch = result.staged_epoch if isinstance(result, PutObjectResult) else None
+                if states_seen.pop(key, None) == STAGED or epoch is not None:  # STAGED, then nothing: lost with a
+                    lost = staging_lost(result.id, epoch or "")  # Redis that restarted empty
+                    internals.cache_meta(pending[key], {"status": states.FAILURE, "result": lost, "traceback": None,
+                                                        "children": [], "date_done": None})  # fmt: skip
+                    yield pending.pop(key)
                 continue
             status = _cache_if_ready(backend, pending[key], payload)
             if status in states.READY_STATES:
@@ -148,6 +160,8 @@ def _cache_if_ready(backend: Any, result: Any, payload: bytes | str) -> str:
     meta = backend.decode_result(_as_bytes(payload))
     if meta["status"] in states.READY_STATES:
         internals.cache_meta(result, meta)
+    if isinstance(result, PutObjectResult):
+        result.saw(meta)
     return str(meta["status"])
 
 

@@ -12,7 +12,8 @@ newest supported Celery (see ``.ci/run``):
    the same value on that key, which is what a waiting ``AsyncResult`` hears.
    ``STORE_SCRIPT`` does exactly that for many tasks in one call.
 2. RESULT CACHE: ``AsyncResult._set_cache(meta)`` makes ``state`` and ``get()``
-   answer without a round trip (the bulk wait fills it from one MGET).
+   answer without a round trip (the bulk wait fills it from one MGET);
+   ``_get_task_meta()`` is the one read behind ``state`` and ``info``.
 3. RESULTSET BARRIER: ``ResultSet.__init__`` builds a barrier that subscribes to
    every result in its own round trip; ``init_result_set`` skips it and
    ``ensure_barrier`` builds it only where Celery's own code needs it (5.6
@@ -62,12 +63,18 @@ from celery.worker.request import Request
 
 STORE_SCRIPT = """
 -- Store and announce results as the Redis result backend does per task: SET with its expiry, then PUBLISH.
--- KEYS: result keys. ARGV: ttl_s (0: none), guarded ('1': never over a SUCCESS or FAILURE), then one value
--- per key. Returns how many were written.
+-- KEYS: registry set, registry index set, then the result keys.
+-- ARGV: ttl_s (0: none), guarded ('1': never over a SUCCESS or FAILURE), registry ('add', 'remove' or ''),
+--       registry index member, then one value per result key.
+-- With 'add' the result keys join the registry set (and the set its index), with 'remove' they leave it: the
+-- registry of STAGED results of one staging epoch (workers.losses), which is s3batch's, not Celery's.
+-- Returns how many results were written.
 local ttl = tonumber(ARGV[1])
 local guarded = ARGV[2] == '1'
+local registry = ARGV[3]
 local written = 0
-for i, key in ipairs(KEYS) do
+for i = 3, #KEYS do
+  local key = KEYS[i]
   local final = false
   if guarded then
     local current = redis.call('GET', key)
@@ -86,6 +93,15 @@ for i, key in ipairs(KEYS) do
     redis.call('PUBLISH', key, value)
     written = written + 1
   end
+end
+if registry == 'add' and #KEYS > 2 then
+  redis.call('SADD', KEYS[1], unpack(KEYS, 3))
+  redis.call('SADD', KEYS[2], ARGV[4])
+  if ttl > 0 then
+    redis.call('EXPIRE', KEYS[1], ttl)
+  end
+elseif registry == 'remove' and #KEYS > 2 then
+  redis.call('SREM', KEYS[1], unpack(KEYS, 3))
 end
 return written
 """
@@ -135,6 +151,12 @@ def cached_meta(result: Any) -> dict[str, Any] | None:
     """The meta an AsyncResult already holds, or None."""
     cache: dict[str, Any] | None = result._cache
     return cache
+
+
+def task_meta(result: Any) -> dict[str, Any]:
+    """The meta an AsyncResult answers ``state`` and ``info`` from: cached when final, read otherwise."""
+    meta: dict[str, Any] = result._get_task_meta()
+    return meta
 
 
 def cache_meta(result: Any, meta: dict[str, Any]) -> None:

@@ -39,9 +39,9 @@ class CeleryChannel:
         if internals.is_redis_backend(app.backend):
             check_redis(cast(Any, app.backend).client, str(app.conf.result_backend), "CELERY_RESULT_BACKEND")
 
-    def staged(self, objects: Sequence[StagedObject]) -> None:
+    def staged(self, objects: Sequence[StagedObject], lane: str, epoch: str) -> None:
         try:
-            self.results.mark_staged_many(objects)
+            self.results.mark_staged_many(objects, lane, epoch)
         except redis.RedisError as exc:
             raise StagingError(
                 f"the result backend refused the STAGED states of {len(objects)} objects: {exc}"

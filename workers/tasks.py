@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -13,13 +14,14 @@ from celery import Celery, Task
 from celery.signals import task_rejected
 from kombu.exceptions import ContentDisallowed
 
-from batcher.errors import ContentRefusedError, InputError, StagingError
+from batcher.errors import ContentRefusedError, InputError, StagingError, TaskIdReusedError
 from batcher.producer import prepare_object, stage_object
 from workers import celery_internals as internals
 from workers.app import app as default_app
 from workers.context import staged_context
+from workers.losses import fail_lost
 from workers.monitoring import events_on
-from workers.results import STAGED, PutObjectResult
+from workers.results import STAGED, PutObjectResult, staged_info
 from workers.runtime import runtime
 
 if TYPE_CHECKING:
@@ -51,10 +53,13 @@ class PutObjectTask(BaseTask):
     """Keeps message metadata small (bodies never appear in argsrepr/kwargsrepr) and stamps the send time."""
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:  # type: ignore[override]
-        """Send the object to a worker; raises ConfigError first when s3batch's settings are wrong."""
+        """Send the object to a worker; raises ConfigError first when s3batch's settings are wrong, and
+        TaskIdReusedError when a task id given here already names another object."""
         runtime(self.app).settings  # noqa: B018  (a bad setting is said here, not as a broker error)
         args = list(args or ())
         kwargs = dict(kwargs or {})
+        if options.get("task_id"):
+            _refuse_reused_id(self.app, str(options["task_id"]), args, kwargs)
         if len(args) >= 2:
             args[1] = _plain_bytes(args[1])
         if "body" in kwargs:
@@ -64,12 +69,43 @@ class PutObjectTask(BaseTask):
         options.setdefault(
             "kwargsrepr", repr({k: (_describe_body(v) if k == "body" else v) for k, v in kwargs.items()})
         )
-        options["headers"] = {**(options.get("headers") or {}), internals.SENT_HEADER: time.time()}
-        return super().apply_async(args, kwargs, **options)
+        sent_at = time.time()
+        options["headers"] = {**(options.get("headers") or {}), internals.SENT_HEADER: sent_at}
+        result = super().apply_async(args, kwargs, **options)
+        if isinstance(result, PutObjectResult):
+            result.sent_at = sent_at
+
+            def resend() -> float:
+                again = {**options, "task_id": result.id, "headers": {**options["headers"]}}
+                again["headers"][internals.SENT_HEADER] = now = time.time()
+                super(PutObjectTask, self).apply_async(args, kwargs, **again)
+                return now
+
+            result._resend = resend
+        return result
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> PutObjectResult:
         """A result whose waits raise instead of hanging when no worker serves the queues or staging was lost."""
         return PutObjectResult(task_id, app=self.app, **kwargs)
+
+
+def _refuse_reused_id(app: Celery, task_id: str, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """TaskIdReusedError when ``task_id`` already has a result for another object (sending the same object again
+    is fine: staging is idempotent per id). Only for ids the caller chose, so it costs one read only then."""
+    meta = app.backend.get_task_meta(task_id, cache=False)
+    known = meta.get("result") if meta.get("status") in (STAGED, "SUCCESS") else None
+    if not isinstance(known, dict):
+        return
+    key = args[0] if args else kwargs.get("key")
+    body = args[1] if len(args) > 1 else kwargs.get("body")
+    if not isinstance(body, bytes | bytearray | memoryview):
+        return  # bad input: the worker's validation says what is wrong
+    sha256 = hashlib.sha256(body).hexdigest()
+    if (known.get("object_key"), known.get("sha256")) != (key, sha256):
+        raise TaskIdReusedError(
+            f"task id {task_id} already names object {known.get('object_key')!r} ({meta['status']}); "
+            f"refusing to send {key!r} under it: give every object its own task id"
+        )
 
 
 def _plain_bytes(body: Any) -> Any:
@@ -99,12 +135,17 @@ def stage_one(
     watched = events_on(rt.app)
     context = staged_context(request, watched)
     obj = prepare_object(rt.settings, task_id, key, body, content_type, metadata, context=context)
-    flush_wanted = stage_object(rt.staging, obj)
-    staged: dict[str, Any] = {"object_key": obj.object_key, "size": obj.size, "sha256": obj.sha256}
-    rt.results.mark_staged(task_id, staged)
+    try:
+        outcome = stage_object(rt.staging, obj)
+    except TaskIdReusedError as exc:
+        log.error("s3batch: %s", exc)
+        rt.results.refuse(task_id, exc, over_success=True)  # Celery itself never replaces a SUCCESS
+        raise
+    staged = staged_info(obj, outcome.epoch)
+    rt.results.mark_staged(task_id, staged, rt.staging.keys.lane, outcome.epoch)
     if watched:
         self.send_event("task-staged", **staged)  # monitors show the task as STAGED
-    if flush_wanted:
+    if outcome.flush_wanted:
         rt.app.tasks[FLUSH].apply_async(expires=60)
     if request.is_eager:
         # Run in-process (apply(), task_always_eager): its EagerResult must not say SUCCESS "staged".
@@ -122,6 +163,7 @@ def flush_due(self: BaseTask, force: bool = False) -> None:
     flushed = rt.flusher.flush(force=force)
     if flushed:
         log.debug("s3batch flush finished %d batches", len(flushed))
+    fail_lost(rt.app, lambda lane: rt.staging)  # one lane today
 
 
 def register(app: Celery) -> tuple[PutObjectTask, BaseTask]:

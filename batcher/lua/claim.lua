@@ -1,8 +1,8 @@
 #!lua
 -- Take the oldest queued objects as one batch if a batch is due, under a lease.
--- KEYS: queue, totals, leases, batch, batch_entries
+-- KEYS: queue, totals, leases, batch, batch_entries, waiting, epoch
 -- ARGV: now_ms, max_age_ms, max_objects, max_bytes, lease_ms, token, batch_id, s3_key, force
--- Returns false when nothing is due, else {objects, bytes}.
+-- Returns false when nothing is due, else {objects, bytes, epoch of their staging}.
 local now = tonumber(ARGV[1])
 local max_age = tonumber(ARGV[2])
 local max_objects = tonumber(ARGV[3])
@@ -21,6 +21,7 @@ if not due then
   return false
 end
 
+local epoch = redis.call('GET', KEYS[7]) or ''
 local entries = redis.call('LRANGE', KEYS[1], 0, max_objects - 1)
 local take, bytes = 0, 0
 for i, entry in ipairs(entries) do
@@ -37,8 +38,9 @@ for first = 1, take, 1000 do
   redis.call('RPUSH', KEYS[5], unpack(entries, first, math.min(first + 999, take)))
 end
 redis.call('HSET', KEYS[4], 'batch_id', ARGV[7], 's3_key', ARGV[8], 'created_ms', now, 'token', ARGV[6],
-  'objects', take, 'bytes', bytes, 'state', 'claimed')
+  'objects', take, 'bytes', bytes, 'state', 'claimed', 'oldest_ms', oldest, 'epoch', epoch)
+redis.call('ZADD', KEYS[6], oldest, ARGV[7])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[5]), ARGV[7])
 redis.call('HINCRBY', KEYS[2], 'queued_bytes', -bytes)
 redis.call('HINCRBY', KEYS[2], 'queued_objects', -take)
-return {take, bytes}
+return {take, bytes, epoch}

@@ -1,16 +1,17 @@
 -- Stage objects at the tail of the queue, all checks before any write.
--- KEYS: queue, totals, flush_requested, then (record, seen) per object.
--- ARGV: max_staged_bytes, seen_ttl_s, max_batch_bytes, max_batch_objects, flush_request_ttl_ms,
+-- KEYS: queue, totals, flush_requested, epoch, then (record, seen) per object.
+-- ARGV: max_staged_bytes, seen_ttl_s, max_batch_bytes, max_batch_objects, flush_request_ttl_ms, new_epoch,
 --       then one packed object (prelude's object_at) per object.
--- Returns {flush_wanted, status...}: status 1 staged, 0 already staged (same record id), -1 staging full.
+-- Returns {flush_wanted, epoch, status...}: status 1 staged, 0 already staged (same record id and content),
+-- -1 staging full, -2 the record id was staged with another key or body.
 -- Once one object does not fit, no later object of the call is staged either, so that a caller that
 -- retries the refused ones keeps its order.
 local max_staged = tonumber(ARGV[1])
 local seen_ttl = tonumber(ARGV[2])
 local max_batch_bytes = tonumber(ARGV[3])
 local max_batch_objects = tonumber(ARGV[4])
-local FIRST_OBJECT = 6
-local n = (#KEYS - 3) / 2
+local FIRST_OBJECT = 7
+local n = (#KEYS - 4) / 2
 
 local staged = tonumber(redis.call('HGET', KEYS[2], 'staged_bytes') or '0')
 local objects = {}
@@ -22,14 +23,15 @@ for i = 1, n do
   local obj = object_at(FIRST_OBJECT, i)
   objects[i] = obj
   local size = string.len(obj.body)
-  if in_this_call[obj.record_id] or redis.call('EXISTS', KEYS[3 + 2 * i]) == 1 then
-    statuses[i] = 0
+  local seen = in_this_call[obj.record_id] or redis.call('GET', KEYS[4 + 2 * i])
+  if seen then
+    statuses[i] = (seen == obj.fingerprint or seen == '1') and 0 or -2 -- '1': staged before fingerprints
   elseif full or staged + added_bytes + size > max_staged then
     full = true
     statuses[i] = -1
   else
     statuses[i] = 1
-    in_this_call[obj.record_id] = true
+    in_this_call[obj.record_id] = obj.fingerprint
     added_bytes = added_bytes + size
     added_objects = added_objects + 1
   end
@@ -44,10 +46,17 @@ for i = 1, n do
     local obj = objects[i]
     local ms = math.max(obj.staged_ms, last_ms)
     last_ms = ms
-    redis.call('HSET', KEYS[2 + 2 * i], 'h', obj.head, 'b', obj.body)
-    redis.call('SET', KEYS[3 + 2 * i], '1', 'EX', seen_ttl)
+    redis.call('HSET', KEYS[3 + 2 * i], 'h', obj.head, 'b', obj.body)
+    redis.call('SET', KEYS[4 + 2 * i], obj.fingerprint, 'EX', seen_ttl)
     redis.call('RPUSH', KEYS[1], entry_encode(ms, string.len(obj.body), obj.record_id))
   end
+end
+
+-- The epoch names the data staged in this lane: created with the first object, gone with the data.
+local epoch = redis.call('GET', KEYS[4])
+if not epoch and added_objects > 0 then
+  epoch = ARGV[6]
+  redis.call('SET', KEYS[4], epoch)
 end
 
 local flush_wanted = 0
@@ -61,5 +70,6 @@ if added_objects > 0 then
     end
   end
 end
+table.insert(statuses, 1, epoch or '')
 table.insert(statuses, 1, flush_wanted)
 return statuses
