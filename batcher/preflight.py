@@ -67,24 +67,31 @@ def refuse_cluster(info: dict[str, Any], url: str, setting: str, why: str) -> No
         raise ConfigError(f"{setting}={redact(url)} is a Redis Cluster node: {why}")
 
 
-def check_bucket(s3: S3Client, bucket: str) -> None:
-    """ConfigError unless ``bucket`` exists and these credentials may use it (one HEAD)."""
+def check_bucket(s3: S3Client, bucket: str, probe_key: str) -> None:
+    """ConfigError unless ``bucket`` exists and these credentials are accepted: one GET of ``probe_key``, a key
+    that need not exist (a HEAD of the bucket would need s3:ListBucket, which workers do not need otherwise).
+
+    NoSuchKey and AccessDenied (S3's answer for a missing key without s3:ListBucket) are fine; a missing bucket,
+    unknown credentials or an unreachable endpoint are not.
+    """
     endpoint = s3.meta.endpoint_url
     try:
-        s3.head_bucket(Bucket=bucket)
+        s3.get_object(Bucket=bucket, Key=probe_key, Range="bytes=0-0")
     except ClientError as exc:
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        if status == 404 or code in ("NoSuchBucket", "404"):
+        if code in ("NoSuchKey", "AccessDenied", "InvalidRange"):
+            return
+        if code == "NoSuchBucket":
             raise ConfigError(
                 f"bucket {bucket!r} (S3BATCH_BUCKET) does not exist at {endpoint}: create it, or fix S3BATCH_BUCKET"
             ) from None
-        if status == 403:
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"):
             raise ConfigError(
-                f"S3 at {endpoint} denies these credentials access to bucket {bucket!r} (S3BATCH_BUCKET): "
-                "check AWS_ACCESS_KEY_ID / the profile and the bucket policy (README: minimal IAM policy)"
+                f"S3 at {endpoint} does not accept these credentials ({code}): check AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY or the profile"
             ) from None
-        raise ConfigError(f"S3 at {endpoint} refused HEAD of bucket {bucket!r}: {code or status}") from None
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        raise ConfigError(f"S3 at {endpoint} refused a read in bucket {bucket!r}: {code or status}") from None
     except NoCredentialsError:
         raise ConfigError(
             "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role"

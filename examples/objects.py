@@ -3,8 +3,9 @@
 Each app only reads its framework's request and turns these answers into its framework's responses. Every
 answer but the object's bytes is JSON; when something is wrong it has an ``error`` message and the status says
 what: 400 not an upload this app understands, 404 no such task, object or route, 405 wrong method, 409 not in
-S3 yet, 410 the task's result has expired, 413 over S3BATCH_MAX_OBJECT_BYTES, 422 s3batch refused the object,
-502 S3 failed, 503 Redis (broker, results or staging) is unavailable. examples/taskids.py says what the app
+S3 yet, 410 the task's result has expired or its message was lost (upload again), 413 over
+S3BATCH_MAX_OBJECT_BYTES, 422 s3batch refused the object, 502 S3 failed, 503 Redis (broker, results or staging)
+is unavailable. examples/taskids.py says what the app
 can and cannot know about a task id.
 """
 
@@ -26,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from batcher import BatchReader, BatchRef
 from batcher.errors import BatchNotFoundError, InputError, ReadError, StagingError, UploadError
 from examples.taskids import CLOCK_SKEW, issued_at, lifetime_s, new_task_id
+from workers.redelivery import lost_messages
 from workers.tasks import STAGED, put_object
 
 log = logging.getLogger(__name__)
@@ -228,6 +230,15 @@ def _lookup(task_id: str) -> tuple[str, Any] | Reply:
             f"task {task_id} was issued {age:.0f} s ago and results are kept {lifetime:.0f} s: its result has "
             "expired (or the task never ran)",
             state="EXPIRED",
+            issued_at=issued.isoformat(),
+            **body,
+        )
+    if lost_messages(put_object.app, [issued.timestamp()])[0]:
+        return error(
+            410,
+            f"task {task_id} was issued {age:.0f} s ago and the broker no longer holds its message (a worker was "
+            "killed as it took it): upload the object again",
+            state="LOST",
             issued_at=issued.isoformat(),
             **body,
         )

@@ -57,6 +57,7 @@ def test_put_objects_round_trip_in_order(stack: Stack) -> None:
             "object_key": "bulk/00007",
             "size": len(objects[7][1]),
             "sha256": hashlib.sha256(objects[7][1]).hexdigest(),
+            "epoch": stack.staging.epoch(),  # the staged data it is in (losses are reported)
         }
         stack.start_worker()
         refs = refs_of(results)

@@ -14,6 +14,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 from examples.objects import content_disposition, download_name, redis_unavailable
 from examples.taskids import issued_at, lifetime_s, new_task_id
 from tests.example_http import filename_of
+from tests.support import Stack
 
 
 @pytest.mark.parametrize(
@@ -79,3 +80,16 @@ def test_which_errors_mean_redis_is_unavailable() -> None:
     assert not redis_unavailable(RuntimeError("something else"))
     assert not redis_unavailable(ResponseError("WRONGTYPE"))
     assert not redis_unavailable(ValueError("bad"))
+
+
+def test_a_task_whose_message_the_broker_lost_is_reported_lost(stack: Stack) -> None:
+    """PENDING for longer than a dead worker's messages take to come back, and not in the queue: 410 LOST."""
+    from examples.objects import task_status
+    from workers.redelivery import lost_after_s
+    from workers.tasks import put_object
+
+    long_ago = new_task_id(time.time() - lost_after_s(put_object.app) - 5)
+    reply = task_status(long_ago)
+    assert (reply.status, reply.body["state"]) == (410, "LOST") and "upload the object again" in reply.body["error"]
+    fresh = task_status(new_task_id())
+    assert (fresh.status, fresh.body["state"]) == (200, "PENDING")  # sent just now: not lost, only not staged yet

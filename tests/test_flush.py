@@ -74,7 +74,8 @@ def test_flush_uploads_one_tar_with_exact_offsets(stack: Stack) -> None:
     assert totals["staged_bytes"] == 0 and totals["batches_in_flight"] == 0
     # redis-py types replies as bytes | str; staging's client has decode_responses=False, so bytes
     left = sorted(k.decode().split(":")[2] for k in cast(list[bytes], stack.staging.client.keys("*")))
-    assert left == ["seen"] * len(objs) + ["totals"]  # bodies and batch records are gone
+    # bodies and batch records are gone; the epoch names the lane's data, the probe is a 15 s rate limit
+    assert left == ["epoch", "probe"] + ["seen"] * len(objs) + ["totals"]
 
 
 def test_nothing_staged_means_no_put(stack: Stack) -> None:

@@ -58,7 +58,7 @@ from batcher.config import Settings
 
 class Stub:
     staged_ids = []
-    def staged(self, objects): self.staged_ids += [o.record_id for o in objects]
+    def staged(self, objects, lane, epoch): self.staged_ids += [o.record_id for o in objects]
     def refuse(self, record_id, error): raise AssertionError(error)
     def handle(self, record_id): return record_id
     def group(self, handles): return list(handles)

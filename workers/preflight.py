@@ -49,7 +49,7 @@ def check_worker(app: S3BatchApp) -> None:
         finally:
             client.close()
         refuse_cluster(info, broker_url, "CELERY_BROKER_URL", _CELERY_CANNOT_CLUSTER)
-    check_bucket(s3_client(), bucket)
+    check_bucket(s3_client(), bucket, f"{settings.prefix}.s3batch-probe")
 
 
 class Preflight(bootsteps.Step):

@@ -56,21 +56,32 @@ def resend_lost(app: Celery, pending: Sequence[Resendable]) -> int:
 
     Does nothing on other brokers (they acknowledge for real) or for results whose message cannot be resent.
     """
+    candidates = [r for r in pending if r.sent_at is not None and r.resends < MAX_RESENDS]
+    lost = lost_messages(app, [r.sent_at or 0.0 for r in candidates])
+    now = time.time()
+    for result, gone in zip(candidates, lost, strict=True):
+        if gone:
+            log.warning("s3batch: task %s stayed PENDING %.0f s and is not in the broker: sending it again",
+                        result.id, now - (result.sent_at or now))  # fmt: skip
+            result.resend()
+    return sum(lost)
+
+
+def lost_messages(app: Celery, sent_at: Sequence[float]) -> list[bool]:
+    """For messages of PENDING tasks sent at ``sent_at`` (seconds since the epoch): which ones the Redis broker
+    certainly no longer holds (all False on other brokers)."""
     broker_url = str(app.conf.broker_url)
-    if not broker_url.startswith(("redis://", "rediss://", "unix://")):
-        return 0
+    if not sent_at or not broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return [False] * len(sent_at)
     now = time.time()
     bound = lost_after_s(app)
-    candidates = [r for r in pending if r.sent_at is not None and now - r.sent_at > bound and r.resends < MAX_RESENDS]
-    if not candidates:
-        return 0
+    old = [now - sent > bound for sent in sent_at]
+    if not any(old):
+        return old
     oldest_queued = _oldest_sent_in_queue(broker_url)
-    lost = [r for r in candidates if oldest_queued is None or oldest_queued > (r.sent_at or 0)]
-    for result in lost:
-        log.warning("s3batch: task %s stayed PENDING %.0f s and is not in the broker: sending it again", result.id,
-                    now - (result.sent_at or now))  # fmt: skip
-        result.resend()
-    return len(lost)
+    return [
+        is_old and (oldest_queued is None or oldest_queued > sent) for is_old, sent in zip(old, sent_at, strict=True)
+    ]
 
 
 def _oldest_sent_in_queue(broker_url: str) -> float | None:
