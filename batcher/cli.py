@@ -25,10 +25,10 @@ from batcher.errors import InvalidRefError, S3BatchError
 from batcher.extract import MANIFEST_NAME, extract_batch
 from batcher.find import find, parse_since
 from batcher.index import ObjectInfo
+from batcher.lanes import Lanes
 from batcher.models import BatchRef
 from batcher.printable import printable
 from batcher.reader import BatchReader
-from batcher.staging import Staging
 from batcher.tarstream import Progress
 
 ENTRY_POINT_GROUP = "s3batch.commands"
@@ -54,8 +54,8 @@ def batch_url(text: str) -> tuple[str, str]:
     return bucket, key
 
 
-def _staging() -> Staging:
-    return Staging.for_settings(Settings.from_env())
+def _lanes() -> Lanes:
+    return Lanes.for_settings(Settings.from_env())
 
 
 def _print_json(row: Any) -> None:
@@ -68,11 +68,23 @@ def _print_json(row: Any) -> None:
 
 
 def _stats_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.add_argument("--json", action="store_true", help="one JSON object (with --by-lane, one per line)")
+    parser.add_argument("--by-lane", action="store_true", help="the figures of each lane, with its bucket and prefix")
 
 
 def _stats(args: argparse.Namespace) -> int:
-    figures = operations.stats(_staging())
+    lanes = _lanes()
+    if args.by_lane:
+        for lane, row in operations.stats_by_lane(lanes).items():
+            partition = lanes.partition_of(lane)
+            described = {"lane": lane, "bucket": partition.bucket, "prefix": partition.prefix, **row}
+            if args.json:
+                _print_json(described)
+            else:
+                print(f"{lane}  s3://{printable(partition.bucket)}/{printable(partition.prefix)}  "
+                      + "  ".join(f"{k}={v}" for k, v in row.items() if k != "lanes"))  # fmt: skip
+        return 0
+    figures = operations.stats(lanes)
     if args.json:
         _print_json(figures)
         return 0
@@ -106,7 +118,7 @@ def _cost(args: argparse.Namespace) -> int:
 
 
 def _dead_letters(args: argparse.Namespace) -> int:
-    rows = operations.dead_letters(_staging())
+    rows = operations.dead_letters(_lanes())
     if args.json:
         for row in rows:
             _print_json(row)
@@ -114,12 +126,13 @@ def _dead_letters(args: argparse.Namespace) -> int:
     if not rows:
         print("no dead-lettered batches")
         return 0
-    print(f"{'batch_id':26}  {'objects':>8}  {'bytes':>12}  {'attempts':>8}  {'dead since (UTC)':19}  last error")
+    print(f"{'batch_id':30}  {'objects':>8}  {'bytes':>12}  {'reason':9}  {'dead since (UTC)':19}  bucket  last error")
     for row in rows:
         since = datetime.fromtimestamp(int(row.get("dead_ms", "0")) / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
         print(
-            f"{row.get('batch_id', '?'):26}  {int(row.get('objects', 0)):>8,}  {int(row.get('bytes', 0)):>12,}  "
-            f"{row.get('attempts', '0'):>8}  {since:19}  {row.get('last_error', '')[:200]}"
+            f"{row.get('batch_id', '?'):30}  {int(row.get('objects', 0)):>8,}  {int(row.get('bytes', 0)):>12,}  "
+            f"{row.get('dead_reason', '?'):9}  {since:19}  {row.get('bucket', '?')}  "
+            f"{printable(row.get('last_error', '')[:200])}"
         )
     return 0
 
@@ -133,8 +146,8 @@ def _retry(args: argparse.Namespace) -> int:
     if not args.all and not args.batch_ids:
         print("s3batch: error: name the batches to retry, or pass --all", file=sys.stderr)
         return 2
-    staging = _staging()
-    done = operations.retry_all(staging) if args.all else operations.retry(staging, args.batch_ids)
+    lanes = _lanes()
+    done = operations.retry_all(lanes) if args.all else operations.retry(lanes, args.batch_ids)
     for batch_id in done.queued:
         print(f"{batch_id}: queued for upload by the next flush")
     for batch_id in done.missing:

@@ -10,6 +10,7 @@ for both, and names the variable or setting that is wrong.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import importlib
 import os
 from collections.abc import Callable, Mapping
@@ -47,6 +48,14 @@ class Settings:
     """How long results (the refs) stay in the result backend: long enough for a producer to store them."""
     no_worker_timeout_s: float = 60.0
     """How long s3batch's own waits let a queue go unconsumed before they raise NoWorkerError."""
+    buckets: str = ""
+    """Comma-separated glob patterns of the buckets a producer may name per call; empty: the default bucket."""
+    lanes: int = 1
+    """Staging lanes per partition, each its own Redis Cluster hash tag: flushed independently."""
+    redis_sentinel_master: str | None = None
+    """The Sentinel master's name, when S3BATCH_REDIS_URL lists sentinels (sentinel://...)."""
+    staging_replicas: int = 0
+    """STAGED only once Redis WAIT confirms this many replicas hold the object."""
 
     def __post_init__(self) -> None:
         for variable in _VARIABLES:
@@ -71,6 +80,25 @@ class Settings:
             )
         if self.prefix.startswith("/"):
             raise ConfigError(f"S3BATCH_PREFIX={self.prefix!r} must not start with '/' (S3 keys are relative)")
+        if self.lanes > 4096:
+            raise ConfigError(f"S3BATCH_LANES={self.lanes} is above 4096 lanes per partition")
+        if self.staging_replicas < 0:
+            raise ConfigError(f"S3BATCH_STAGING_REPLICAS={self.staging_replicas} must be 0 or more")
+        if self.redis_url.startswith("sentinel://") and not self.redis_sentinel_master:
+            raise ConfigError(
+                f"S3BATCH_REDIS_URL={self.redis_url!r} lists sentinels: set S3BATCH_REDIS_SENTINEL_MASTER to the name "
+                "of the master they watch"
+            )
+
+    @property
+    def bucket_patterns(self) -> list[str]:
+        """The glob patterns of S3BATCH_BUCKETS, or the default bucket alone when it is empty."""
+        patterns = [p.strip() for p in self.buckets.split(",") if p.strip()]
+        return patterns or ([self.bucket] if self.bucket else [])
+
+    def allows_bucket(self, bucket: str) -> bool:
+        """Whether producers may send objects to ``bucket`` (S3BATCH_BUCKETS)."""
+        return any(fnmatch.fnmatchcase(bucket, pattern) for pattern in self.bucket_patterns)
 
     @property
     def flush_interval_s(self) -> float:
@@ -180,6 +208,10 @@ _VARIABLES = (
     _Variable("S3BATCH_UPLOAD_RETRY_SECONDS", "upload_retry_s", _seconds),
     _Variable("S3BATCH_RESULT_EXPIRES", "result_expires_s", _seconds),
     _Variable("S3BATCH_NO_WORKER_TIMEOUT", "no_worker_timeout_s", _seconds),
+    _Variable("S3BATCH_BUCKETS", "buckets", _text, positive=False),
+    _Variable("S3BATCH_LANES", "lanes", _integer),
+    _Variable("S3BATCH_REDIS_SENTINEL_MASTER", "redis_sentinel_master", _text, positive=False),
+    _Variable("S3BATCH_STAGING_REPLICAS", "staging_replicas", _integer, positive=False),
 )
 assert {variable.attr for variable in _VARIABLES} == {f.name for f in fields(Settings)}
 

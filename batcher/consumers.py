@@ -12,7 +12,7 @@ from typing import cast
 import redis
 
 from batcher.errors import StagingError
-from batcher.keys import Keys
+from batcher.keys import IndexKeys
 
 REPORT_INTERVAL_S = 2.0
 FORGET_AFTER_MS = 24 * 3600 * 1000  # entries of workers gone for a day are removed by the next report
@@ -21,9 +21,9 @@ FORGET_AFTER_MS = 24 * 3600 * 1000  # entries of workers gone for a day are remo
 class Consumers:
     """The registry of live consumers in the staging Redis."""
 
-    def __init__(self, client: redis.Redis, keys: Keys | None = None) -> None:
+    def __init__(self, client: redis.Redis, keys: IndexKeys | None = None) -> None:
         self.client = client
-        self.key = (keys or Keys()).consumers
+        self.key = (keys or IndexKeys()).consumers
 
     def report(self, worker: str, queues: Sequence[str], now_ms: int) -> None:
         """Say that ``worker`` is alive and consumes ``queues``."""

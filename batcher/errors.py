@@ -25,6 +25,18 @@ class InvalidKeyError(InputError):
     """Raised when an object key is not a valid S3 key (1 to 1024 UTF-8 bytes)."""
 
 
+class InvalidBucketError(InputError):
+    """Raised when a producer names a bucket that is not a valid S3 bucket name or not on S3BATCH_BUCKETS."""
+
+
+class InvalidPrefixError(InputError):
+    """Raised when a producer names a key prefix that S3 or a batch key cannot hold."""
+
+
+class UnsupportedArgumentError(InputError):
+    """Raised when a boto3-shaped call passes an argument that batching cannot honour (ACL, SSECustomerKey...)."""
+
+
 class InvalidBodyError(InputError):
     """Raised when an object body is not bytes-like."""
 

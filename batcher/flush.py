@@ -23,7 +23,9 @@ from batcher import checkpoints
 from batcher.config import Settings
 from batcher.errors import BatchConflictError, DeadLetterError, PermanentUploadError, UploadError
 from batcher.ids import new_batch_id
+from batcher.lanes import SWEEP_EVERY_MS, Lanes
 from batcher.models import BatchRef, ClaimedBatch, StagedObject
+from batcher.partitions import default_partition, lane_index_of
 from batcher.staging import Staging
 from batcher.tarwriter import build_tar
 from batcher.uploader import Uploader
@@ -36,6 +38,7 @@ PUBLISH_CHUNK = 1000
 ALONE_BYTES = 16 * 1024 * 1024
 MAX_BACKOFF_S = 60.0
 REKEY_ATTEMPTS = 3
+MAX_DUE_PAGES = 64  # pages of due lanes one flush works through before it returns (beat sends the next)
 PROBE_INTERVAL_MS = 15_000  # how often a flush asks S3 whether it answers again, while batches wait for it
 
 
@@ -78,33 +81,36 @@ def backoff_s(attempts: int) -> float:
 
 
 class Flusher:
-    """Turns due staged objects into uploaded batches."""
+    """Turns due staged objects into uploaded batches, in every lane of every partition."""
 
     def __init__(
         self,
         settings: Settings,
-        staging: Staging,
+        lanes: Lanes,
         uploader: Uploader,
         results: ResultSink,
         *,
         parallel: int = 2,
     ) -> None:
+        settings.require_bucket()  # the default partition's: workers need one
         self.settings = settings
-        self.bucket = settings.require_bucket()
-        self.staging = staging
+        self.lanes = lanes
         self.uploader = uploader
         self.results = results
         self.parallel = parallel
 
     def flush(self, *, force: bool = False, max_batches: int | None = None) -> list[FlushedBatch]:
-        """Finish abandoned or retrying batches, then close and upload every due batch.
+        """Finish abandoned or retrying batches, then close and upload every due batch (every staged one when
+        ``force``).
 
-        Up to ``parallel`` batches are in flight at once, so that one batch's tar is built while the
-        previous one uploads and publishes; a batch is claimed only when a slot is free for it, and one of
-        ALONE_BYTES or more is flushed alone.
+        The lanes with work are found through their indexes (batcher.lanes), at the cost of a few commands
+        however many partitions there are. Up to ``parallel`` batches are in flight at once, so that one
+        batch's tar is built while the previous one uploads and publishes; a batch is claimed only when a slot
+        is free for it, and one of ALONE_BYTES or more is flushed alone.
         """
-        self.staging.clear_flush_request()
         self._revive_when_s3_answers()
+        if self.lanes.take_turn(self.lanes.keys.sweep, SWEEP_EVERY_MS):
+            self.lanes.sweep(_now_ms())
         done: list[FlushedBatch] = []
         running: set[Future[FlushedBatch]] = set()
 
@@ -113,6 +119,9 @@ class Flusher:
             while len(running) > slots:
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 done.extend(future.result() for future in finished)
+
+        def room_for_more() -> bool:
+            return max_batches is None or len(done) + len(running) < max_batches
 
         with ThreadPoolExecutor(self.parallel, thread_name_prefix="s3batch-flush") as pool:
 
@@ -124,40 +133,74 @@ class Flusher:
                     make_room(0)
 
             try:
-                for batch_id in self.staging.expired(_now_ms()):
-                    make_room(self.parallel - 1)
-                    batch = self.staging.take_over(batch_id, _now_ms())
-                    if batch is not None:
-                        start(batch, recovered=True)
-                while max_batches is None or len(done) + len(running) < max_batches:
-                    make_room(self.parallel - 1)
-                    claimed = self.claim(force=force)
-                    if claimed is None:
+                for lane, seen in self.lanes.leased(_now_ms()):
+                    staging = self.lanes.staging(lane)
+                    for batch_id in staging.expired(_now_ms()):
+                        make_room(self.parallel - 1)
+                        taken = staging.take_over(batch_id, _now_ms())
+                        if taken is not None:
+                            start(taken, recovered=True)
+                    self.lanes.settle_leased(lane, seen)
+                for _ in range(1 if force else MAX_DUE_PAGES):  # a page of due lanes at a time, the oldest first
+                    due = [(lane, 0.0) for lane in self.lanes.all()] if force else self.lanes.due(_now_ms())
+                    for lane, seen in due:
+                        score = 0
+                        while room_for_more():
+                            make_room(self.parallel - 1)
+                            claimed, score = self._claim(lane, force=force)
+                            if claimed is None:
+                                break
+                            start(claimed)
+                        if not force:
+                            self.lanes.settle_due(lane, seen, score)
+                    if not due or not room_for_more():
                         break
-                    start(claimed)
             finally:
                 make_room(0)
         return done
+
+    def claim(self, lane: str | None = None, *, force: bool = False) -> ClaimedBatch | None:
+        """Claim the next due batch of ``lane`` (the default partition's first lane), or None when none is due."""
+        return self._claim(lane or default_partition(self.settings).lane(0), force=force)[0]
+
+    def _claim(self, lane: str, *, force: bool) -> tuple[ClaimedBatch | None, int]:
+        now_ms = _now_ms()
+        batch_id = f"{new_batch_id(now_ms)}-{lane_index_of(lane)}"  # which lane of its partition, in its key too
+        s3_key = batch_key(self.lanes.partition_of(lane).prefix, batch_id, now_ms)
+        claimed, score = self.lanes.staging(lane).claim(now_ms=now_ms, batch_id=batch_id, s3_key=s3_key, force=force)
+        if claimed is not None:
+            self.lanes.mark_leased(lane, now_ms + self.lanes.limits.lease_ms)
+        return claimed, score
+
+    def _staging(self, batch: ClaimedBatch) -> Staging:
+        return self.lanes.staging(batch.lane)
+
+    def _bucket(self, batch: ClaimedBatch) -> str:
+        return self.lanes.partition_of(batch.lane).bucket
 
     def _revive_when_s3_answers(self) -> None:
         """Batches dead-lettered for a transient reason (their retry budget ran out) are uploaded again, with
         a fresh budget, as soon as S3 answers again: one flush asks it every PROBE_INTERVAL_MS while there are
         any. Permanent refusals wait for an operator (``s3batch retry``)."""
-        if not self.staging.probe_due(PROBE_INTERVAL_MS):
+        if not self.lanes.take_turn(self.lanes.keys.probe, PROBE_INTERVAL_MS):
             return
-        waiting = [row["batch_id"] for row in self.staging.dead_letters() if row.get("dead_reason") == "transient"]
-        if not waiting or not self.uploader.probe(self.bucket, f"{self.settings.prefix}.s3batch-probe"):
-            return
+        answers: dict[str, bool] = {}  # by bucket
         now_ms = _now_ms()
-        revived = sum(self.staging.revive(batch_id, now_ms) for batch_id in waiting)
-        log.warning("s3batch: S3 answers again; %d batches dead-lettered by the outage are uploaded again", revived)
-
-    def claim(self, *, force: bool = False) -> ClaimedBatch | None:
-        """Claim the next due batch, or None when nothing is due."""
-        now_ms = _now_ms()
-        batch_id = new_batch_id(now_ms)
-        s3_key = batch_key(self.settings.prefix, batch_id, now_ms)
-        return self.staging.claim(now_ms=now_ms, batch_id=batch_id, s3_key=s3_key, force=force)
+        revived = 0
+        for lane in self.lanes.dead():
+            staging, partition = self.lanes.staging(lane), self.lanes.partition_of(lane)
+            waiting = [row["batch_id"] for row in staging.dead_letters() if row.get("dead_reason") == "transient"]
+            if not waiting:
+                continue
+            if partition.bucket not in answers:
+                answers[partition.bucket] = self.uploader.probe(partition.bucket, f"{partition.prefix}.s3batch-probe")
+            if answers[partition.bucket]:
+                revived += sum(staging.revive(batch_id, now_ms) for batch_id in waiting)
+                self.lanes.settle_dead(lane)
+                self.lanes.mark_due(lane, 0)
+                self.lanes.mark_leased(lane, now_ms)
+        if revived:
+            log.warning("s3batch: S3 answers again; %d batches dead-lettered by the outage are uploaded again", revived)
 
     def process(self, batch: ClaimedBatch, *, recovered: bool = False) -> FlushedBatch:
         """Upload a claimed batch, publish its refs and delete it from staging.
@@ -172,7 +215,7 @@ class Flusher:
         holder = [batch]  # a new key replaces the batch in it
         try:
             if batch.state != "done":
-                heads = self.staging.heads(batch)
+                heads = self._staging(batch).heads(batch)
                 with self._lease(holder):  # the renewals stop before a failure sets the backoff
                     tar_bytes, etag, refs = self._upload_rekeying(holder, heads, may_exist=recovered)
         except UploadError as exc:
@@ -188,18 +231,22 @@ class Flusher:
                 for start in range(0, len(refs), PUBLISH_CHUNK):
                     self.results.publish(batch, refs[start : start + PUBLISH_CHUNK])
                     checkpoints.reached("published-chunk")
-                if not self.staging.mark_uploaded(batch, etag, tar_bytes, self.uploader.requests_for(tar_bytes)):
+                if not self._staging(batch).mark_uploaded(
+                    batch, etag, tar_bytes, self.uploader.requests_for(tar_bytes)
+                ):
                     log.warning("s3batch batch %s was taken over meanwhile; its new holder cleans up", batch.batch_id)
                     return self._report(batch, tar_bytes, started, recovered)
                 checkpoints.reached("marked-done")
-            self.staging.delete_records([head.record_id for head in heads] or self.staging.record_ids(batch))
-            self.staging.drop(batch, _now_ms())
+            self._staging(batch).delete_records(
+                [head.record_id for head in heads] or self._staging(batch).record_ids(batch)
+            )
+            self._staging(batch).drop(batch, _now_ms())
         report = self._report(batch, tar_bytes, started, recovered)
         log.info(
             "s3batch batch uploaded batch_id=%s objects=%d bytes=%d tar_bytes=%d seconds=%.3f "
             "key=s3://%s/%s recovered=%s",
             report.batch_id, report.objects, report.size_bytes, report.tar_bytes, report.seconds,
-            self.bucket, report.key, recovered,
+            self._bucket(batch), report.key, recovered,
         )  # fmt: skip
         return report
 
@@ -215,8 +262,9 @@ class Flusher:
                 return self._upload(batch, heads, may_exist=may_exist)
             except BatchConflictError as exc:
                 now_ms = _now_ms()
-                new_id = new_batch_id(now_ms)
-                moved = self.staging.rekey(batch, new_id, batch_key(self.settings.prefix, new_id, now_ms), now_ms)
+                new_id = f"{new_batch_id(now_ms)}-{lane_index_of(batch.lane)}"
+                prefix = self.lanes.partition_of(batch.lane).prefix
+                moved = self._staging(batch).rekey(batch, new_id, batch_key(prefix, new_id, now_ms), now_ms)
                 if moved is None:
                     raise UploadError(f"batch {batch.batch_id} was taken over while it got a new key") from exc
                 log.warning("s3batch batch %s: %s; uploading it as batch %s instead", batch.batch_id, exc, new_id)
@@ -226,13 +274,13 @@ class Flusher:
     def _upload(
         self, batch: ClaimedBatch, heads: Sequence[StagedObject], *, may_exist: bool
     ) -> tuple[int, str, list[tuple[StagedObject, BatchRef]]]:
-        objects = self.staging.with_bodies(heads)
+        objects = self._staging(batch).with_bodies(heads)
         keys = [head.object_key for head in heads]
         with build_tar(keys, objects, batch_id=batch.batch_id, created_ms=batch.created_ms) as tar:
             checkpoints.reached("tar-built")
-            etag = self.uploader.upload(self.bucket, batch.s3_key, tar, may_exist=may_exist)
+            etag = self.uploader.upload(self._bucket(batch), batch.s3_key, tar, may_exist=may_exist)
         refs = [
-            (head, BatchRef(self.bucket, batch.s3_key, m.offset, m.size, m.key, batch.batch_id, etag, m.sha256))
+            (head, BatchRef(self._bucket(batch), batch.s3_key, m.offset, m.size, m.key, batch.batch_id, etag, m.sha256))
             for head, m in zip(heads, tar.members, strict=True)
         ]
         return tar.size, etag, refs
@@ -248,7 +296,7 @@ class Flusher:
         """Back off and try again later while the retry budget (in time) lasts; then, or at once for a refusal
         that retrying cannot fix, dead-letter the batch and tell its callers why."""
         now_ms = _now_ms()
-        attempts, first_failed_ms = self.staging.record_failure(batch, str(exc), now_ms)
+        attempts, first_failed_ms = self._staging(batch).record_failure(batch, str(exc), now_ms)
         if attempts < 0:
             return self._report(batch, 0, started, recovered, str(exc))
         permanent = isinstance(exc, PermanentUploadError)
@@ -256,14 +304,14 @@ class Flusher:
         failing_ms = now_ms - first_failed_ms
         if not permanent and failing_ms < budget_ms:
             retry_at_ms = now_ms + min(int(backoff_s(attempts + 1) * 1000), budget_ms - failing_ms)
-            self.staging.renew(batch, retry_at_ms)  # the lease becomes the backoff
+            self._staging(batch).renew(batch, retry_at_ms)  # the lease becomes the backoff
             log.warning(
                 "s3batch batch %s upload round %d failed (%.0f s of the %.0f s retry budget spent), retrying in "
                 "%.1f s: %s",
                 batch.batch_id, attempts, failing_ms / 1000, budget_ms / 1000, (retry_at_ms - now_ms) / 1000, exc,
             )  # fmt: skip
             return self._report(batch, 0, started, recovered, str(exc))
-        where = f"batch {batch.batch_id} (s3://{self.bucket}/{batch.s3_key}, {batch.objects} objects)"
+        where = f"batch {batch.batch_id} (s3://{self._bucket(batch)}/{batch.s3_key}, {batch.objects} objects)"
         if permanent:
             error = DeadLetterError(
                 f"{where} was refused by S3: {exc}. Its objects are kept in Redis; fix the cause, then "
@@ -275,8 +323,9 @@ class Flusher:
                 f"{self.settings.upload_retry_s:g}): {exc}. Its objects are kept in Redis and it is uploaded by "
                 "itself once S3 answers again"
             )
-        record_ids = [head.record_id for head in heads] or self.staging.record_ids(batch)
-        if self.staging.dead_letter(batch, str(exc), now_ms, transient=not permanent):
+        record_ids = [head.record_id for head in heads] or self._staging(batch).record_ids(batch)
+        if self._staging(batch).dead_letter(batch, str(exc), now_ms, transient=not permanent):
+            self.lanes.mark_dead(batch.lane)
             self.results.fail(batch, record_ids, error, {head.record_id: head for head in heads})
             log.error("s3batch %s", error)
         return self._report(batch, 0, started, recovered, str(exc))
@@ -285,7 +334,7 @@ class Flusher:
         self, batch: ClaimedBatch, tar_bytes: int, started: float, recovered: bool, error: str | None = None
     ) -> FlushedBatch:
         return FlushedBatch(
-            batch.batch_id, self.bucket, batch.s3_key, batch.objects, batch.size_bytes, tar_bytes,
+            batch.batch_id, self._bucket(batch), batch.s3_key, batch.objects, batch.size_bytes, tar_bytes,
             time.monotonic() - started, recovered, error,
         )  # fmt: skip
 
@@ -295,11 +344,11 @@ class Flusher:
         stop = threading.Event()
 
         def renew() -> None:
-            lease_ms = self.staging.limits.lease_ms
+            lease_ms = self.lanes.limits.lease_ms
             while not stop.wait(lease_ms / 3000):
                 batch = holder[0]
                 try:
-                    if not self.staging.renew(batch, _now_ms() + lease_ms):
+                    if not self._staging(batch).renew(batch, _now_ms() + lease_ms):
                         if holder[0] is not batch:
                             continue  # it got a new key meanwhile: renew that one
                         log.warning("s3batch lost the lease on batch %s", batch.batch_id)

@@ -1,7 +1,9 @@
-"""Every Redis key s3batch uses, under one namespace and one Cluster hash tag.
+"""Every Redis key s3batch stages with, under one namespace.
 
 All keys of a lane share the hash tag ``{lane}`` so that each Lua script only
-touches keys of one Redis Cluster slot.
+touches keys of one Redis Cluster slot (``Keys``). The indexes that find the
+lanes with work to do are single keys of their own (``IndexKeys``), each read
+or written by single-key commands, so they work on a Redis Cluster too.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ NAMESPACE = "s3batch"
 class Keys:
     """Key names of one staging lane."""
 
-    lane: str = "0"
+    lane: str
     namespace: str = NAMESPACE
 
     @property
@@ -57,20 +59,9 @@ class Keys:
         return f"{self._base}:dead"
 
     @property
-    def probe(self) -> str:
-        """STRING with a short expiry: a flush asked S3 lately whether it answers again (for transient dead
-        letters); the others need not."""
-        return f"{self._base}:probe"
-
-    @property
     def flush_requested(self) -> str:
         """STRING with a short expiry: a flush was already requested, do not ask again."""
         return f"{self._base}:flush-requested"
-
-    @property
-    def consumers(self) -> str:
-        """HASH of worker name -> "<last report ms> <queue>,<queue>..." (batcher.consumers); one for all lanes."""
-        return f"{self.namespace}:consumers"
 
     def record(self, record_id: str) -> str:
         """HASH of one staged object: its head and its body (batcher.records)."""
@@ -88,3 +79,51 @@ class Keys:
     def batch_entries(self, batch_id: str) -> str:
         """LIST of the queue entries a batch claimed, in staging order."""
         return f"{self._base}:batch:{batch_id}:entries"
+
+
+@dataclass(frozen=True)
+class IndexKeys:
+    """Keys of the indexes over all lanes (batcher.lanes), and of the workers' heartbeats."""
+
+    namespace: str = NAMESPACE
+
+    @property
+    def partitions(self) -> str:
+        """HASH of partition id -> JSON [bucket, prefix]."""
+        return f"{self.namespace}:partitions"
+
+    @property
+    def lanes(self) -> str:
+        """SET of every lane that ever staged (for stats and the sweep that repairs the indexes)."""
+        return f"{self.namespace}:lanes"
+
+    @property
+    def due(self) -> str:
+        """ZSET of lanes with staged objects, scored by when their oldest object makes a batch due (ms)."""
+        return f"{self.namespace}:due"
+
+    @property
+    def leased(self) -> str:
+        """ZSET of lanes with claimed batches, scored by (at most) their earliest lease expiry (ms)."""
+        return f"{self.namespace}:leased"
+
+    @property
+    def dead(self) -> str:
+        """SET of lanes with dead-lettered batches."""
+        return f"{self.namespace}:dead-lanes"
+
+    @property
+    def probe(self) -> str:
+        """STRING with a short expiry: a flush asked S3 lately whether it answers again (for transient dead
+        letters); the others need not."""
+        return f"{self.namespace}:probe"
+
+    @property
+    def sweep(self) -> str:
+        """STRING with an expiry: a flush checked every lane against the indexes lately."""
+        return f"{self.namespace}:sweep"
+
+    @property
+    def consumers(self) -> str:
+        """HASH of worker name -> "<last report ms> <queue>,<queue>..." (batcher.consumers)."""
+        return f"{self.namespace}:consumers"

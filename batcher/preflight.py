@@ -12,7 +12,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from redis.cluster import RedisCluster
 
+from batcher.config import Settings
 from batcher.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -59,6 +61,30 @@ def check_redis(client: Any, url: str, setting: str, loading_wait_s: float = 60)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise ConfigError(f"cannot connect to Redis at {where}: {exc}; is it running and reachable?") from None
     return info
+
+
+def check_staging(client: Any, settings: Settings) -> None:
+    """ConfigError when the staging Redis (any topology) cannot be used as ``settings`` ask."""
+    url, setting = settings.redis_url, "S3BATCH_REDIS_URL"
+    if isinstance(client, RedisCluster):
+        try:
+            client.ping()
+        except redis.RedisError as exc:
+            raise ConfigError(f"the Redis Cluster of {setting}={redact(url)} does not answer: {exc}") from None
+        if settings.staging_replicas:
+            raise ConfigError(
+                "S3BATCH_STAGING_REPLICAS needs one connection to a master to WAIT on, which a Redis Cluster "
+                "client does not give: use it with a single Redis or a Sentinel group, or set it to 0"
+            )
+        return
+    check_redis(client, url, setting)
+    if settings.staging_replicas:
+        replicas = int(client.info("replication").get("connected_slaves", 0))
+        if replicas < settings.staging_replicas:
+            raise ConfigError(
+                f"S3BATCH_STAGING_REPLICAS={settings.staging_replicas}, but the staging Redis has {replicas} "
+                "connected replicas: every object would be refused until enough replicas are back"
+            )
 
 
 def refuse_cluster(info: dict[str, Any], url: str, setting: str, why: str) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from batcher.config import Settings
 from batcher.errors import StagingFullError, TaskIdReusedError
+from batcher.lanes import Lanes
 from batcher.models import StagedObject
+from batcher.partitions import Partition
 from batcher.staging import CONFLICT, FULL, StageOutcome, Staging
 from batcher.validation import check_body, check_content_type, check_key, check_metadata
 
@@ -38,13 +41,26 @@ def prepare_object(
     )
 
 
-def stage_object(staging: Staging, obj: StagedObject) -> StageOutcome:
+def stage_into(lanes: Lanes, partition: Partition, lane: str, objects: Sequence[StagedObject]) -> StageOutcome:
+    """Stage ``objects`` into ``lane`` of ``partition`` and keep the lane indexes right: a lane that just got
+    work is scored by its oldest object's staging time, one that fills a batch is due now. Raises StagingError."""
+    lanes.register(partition, lane)
+    outcome = lanes.staging(lane).stage(objects)
+    if outcome.full:
+        lanes.mark_due(lane, 0)
+    elif outcome.first_ms:
+        lanes.mark_due(lane, outcome.first_ms)
+    return outcome
+
+
+def stage_object(lanes: Lanes, partition: Partition, lane: str, obj: StagedObject) -> StageOutcome:
     """Stage one object (a second time for its record id changes nothing); its outcome says whether to flush now
     and the staging epoch it is in.
 
     Raises StagingFullError, TaskIdReusedError (the id staged another object), StagingError.
     """
-    outcome = staging.stage([obj])
+    outcome = stage_into(lanes, partition, lane, [obj])
+    staging = lanes.staging(lane)
     (status,) = outcome.statuses
     if status == FULL:
         raise full_error(staging, obj)

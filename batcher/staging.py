@@ -56,6 +56,9 @@ class StagingLimits:
     max_batch_objects: int
     max_batch_age_ms: int
     lease_ms: int
+    replicas: int = 0
+    """Replicas that must hold a staged object (Redis WAIT) before staging reports it."""
+    replicas_timeout_ms: int = 5000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StagingLimits:
@@ -65,6 +68,7 @@ class StagingLimits:
             max_batch_objects=settings.max_batch_objects,
             max_batch_age_ms=int(settings.max_batch_age_s * 1000),
             lease_ms=int(settings.lease_s * 1000),
+            replicas=settings.staging_replicas,
         )
 
 
@@ -75,31 +79,21 @@ class StageOutcome:
 
     statuses: list[int]
     flush_wanted: bool
+    """Ask a worker to flush now (at most once a second and lane)."""
     epoch: str = ""
-
-
-def connect(redis_url: str) -> redis.Redis:
-    """A Redis client for staging (bytes in, bytes out); raises StagingError for a bad URL."""
-    try:
-        return redis.Redis.from_url(
-            redis_url, decode_responses=False, health_check_interval=30, socket_connect_timeout=5
-        )
-    except ValueError as exc:
-        raise StagingError(f"S3BATCH_REDIS_URL={redis_url!r} is not a Redis URL: {exc}") from None
+    first_ms: int = 0
+    """The staging time of the first object when the lane was empty before (it just got work), else 0."""
+    full: bool = False
+    """The lane holds a full batch: it is due now."""
 
 
 class Staging:
     """The staging area of one lane, with the limits it enforces."""
 
-    def __init__(self, client: redis.Redis, limits: StagingLimits, keys: Keys | None = None) -> None:
+    def __init__(self, client: Any, limits: StagingLimits, keys: Keys) -> None:
         self.client = client
         self.limits = limits
-        self.keys = keys or Keys()
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> Staging:
-        """The staging area that ``settings`` describe (its Redis, its limits)."""
-        return cls(connect(settings.redis_url), StagingLimits.from_settings(settings))
+        self.keys = keys
 
     def with_limits(self, **changes: int) -> Staging:
         """The same lane and client under other limits (StagingLimits field names)."""
@@ -120,24 +114,24 @@ class Staging:
         for obj in objects:
             keys += [self.keys.record(obj.record_id), self.keys.seen(obj.record_id)]
             args += pack(obj)
-        reply = cast(list[Any], self._call("stage", keys, args, "stage objects"))
-        return StageOutcome(statuses=[int(s) for s in reply[2:]], flush_wanted=bool(reply[0]), epoch=_text(reply[1]))
+        reply = cast(list[Any], self._call_replicated("stage", keys, args, "stage objects"))
+        wanted = int(reply[0])  # 2: ask for a flush, 1: full but asked lately, 0: not full
+        return StageOutcome(
+            statuses=[int(s) for s in reply[3:]],
+            flush_wanted=wanted == 2,
+            epoch=_text(reply[1]),
+            first_ms=int(reply[2]),
+            full=wanted >= 1,
+        )
 
     def epoch(self) -> str:
         """The epoch of this lane's staged data, or "" when there is none (nothing staged since Redis started
         empty)."""
         return _text(self._redis("read the staging epoch", self.client.get, self.keys.epoch))
 
-    def probe_due(self, every_ms: int) -> bool:
-        """True for one caller per ``every_ms`` (the flush that should ask S3 whether it answers again)."""
-        return bool(self._redis("take the S3 probe", self.client.set, self.keys.probe, b"1", None, every_ms, True))
-
-    def clear_flush_request(self) -> None:
-        """Let the next threshold crossing ask for a flush again."""
-        self._redis("clear the flush request", self.client.delete, self.keys.flush_requested)
-
-    def claim(self, *, now_ms: int, batch_id: str, s3_key: str, force: bool = False) -> ClaimedBatch | None:
-        """Take the oldest objects as one batch if one is due (age, bytes, count or force), else None."""
+    def claim(self, *, now_ms: int, batch_id: str, s3_key: str, force: bool = False) -> tuple[ClaimedBatch | None, int]:
+        """Take the oldest objects as one batch if one is due (age, bytes, count or force); with it, the lane's
+        due score for what is left (batcher.lanes; 0 when nothing is left)."""
         token = secrets.token_hex(16)
         limits = self.limits
         keys = [
@@ -153,13 +147,18 @@ class Staging:
             now_ms, limits.max_batch_age_ms, limits.max_batch_objects, limits.max_batch_bytes, limits.lease_ms,
             token, batch_id, s3_key, int(force),
         ]  # fmt: skip
-        reply = self._call("claim", keys, args, "claim a batch")
-        if not reply:
-            return None
-        objects, size, epoch = cast(list[Any], reply)
-        return ClaimedBatch(
+        objects, size, epoch, due_score = cast(list[Any], self._call("claim", keys, args, "claim a batch"))
+        if not int(objects):
+            return None, int(due_score)
+        batch = ClaimedBatch(
             batch_id, s3_key, now_ms, token, int(objects), int(size), epoch=_text(epoch), lane=self.keys.lane
         )
+        return batch, int(due_score)
+
+    def earliest_lease_ms(self) -> int:
+        """When the earliest lease of this lane's claimed batches ends (ms), 0 when there is none."""
+        raw = self._redis("read the leases", lambda: self.client.zrange(self.keys.leases, 0, 0, withscores=True))
+        return int(raw[0][1]) if raw else 0
 
     def record_ids(self, batch: ClaimedBatch) -> list[str]:
         """The record ids of the batch's objects, in staging order (what is needed to answer or delete them)."""
@@ -326,6 +325,18 @@ class Staging:
         result["epoch_ms"] = int(epoch.split(b" ")[1]) if epoch and b" " in epoch else 0
         return result
 
+    def missing_records(self, record_ids: Sequence[str]) -> set[str]:
+        """The ones of ``record_ids`` this lane holds no record of (a chunk per command)."""
+        missing: set[str] = set()
+        for start in range(0, len(record_ids), _READ_CHUNK_OBJECTS):
+            chunk = record_ids[start : start + _READ_CHUNK_OBJECTS]
+            pipe = self.client.pipeline(transaction=False)
+            for record_id in chunk:
+                pipe.exists(self.keys.record(record_id))
+            found = self._redis("look for staged records", pipe.execute)
+            missing.update(record_id for record_id, exists in zip(chunk, found, strict=True) if not exists)
+        return missing
+
     def count_lost(self, objects: int) -> None:
         """Add ``objects`` whose staged data was lost (an earlier epoch) to the lifetime counter."""
         self._redis("count lost objects", self.client.hincrby, self.keys.totals, "lost_objects", objects)
@@ -335,6 +346,26 @@ class Staging:
             return _SCRIPTS[script](keys=keys, args=args, client=self.client)
         except redis.RedisError as exc:
             raise StagingError(f"Redis refused to {what}: {exc}") from exc
+
+    def _call_replicated(self, script: str, keys: list[str], args: list[Any], what: str) -> Any:
+        """``_call``, then, with ``limits.replicas``, Redis WAIT on the same connection: StagingError unless that many
+        replicas hold the change within ``replicas_timeout_ms`` (a failover could lose it)."""
+        wanted = self.limits.replicas
+        if not wanted:
+            return self._call(script, keys, args, what)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            _SCRIPTS[script](keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", wanted, self.limits.replicas_timeout_ms)
+            reply, confirmed = pipe.execute()
+        except redis.RedisError as exc:
+            raise StagingError(f"Redis refused to {what}: {exc}") from exc
+        if int(confirmed) < wanted:
+            raise StagingError(
+                f"only {confirmed} of the {wanted} replicas S3BATCH_STAGING_REPLICAS asks for confirmed the staged "
+                f"objects within {self.limits.replicas_timeout_ms} ms; they may be lost in a failover: send them again"
+            )
+        return reply
 
     def _redis(self, what: str, fn: Any, *args: Any) -> Any:
         try:

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from batcher.lanes import Lanes
+from batcher.partitions import default_partition
 from batcher.producer import prepare_object, stage_object
-from batcher.staging import Staging
 from bench.buckets import delete_keys, listing
 from bench.checks import BenchError
 from bench.flush_probe import probe_settings
@@ -35,11 +36,11 @@ def body(run: int, index: int, size: int) -> bytes:
 def stage_batch(redis_url: str, bucket: str, objects: int, object_bytes: int, run: int) -> float:
     """Stage ``objects`` bodies one by one with the probe's settings; returns the seconds it took."""
     settings = probe_settings(bucket, redis_url)
-    staging = Staging.for_settings(settings)
+    lanes, partition = Lanes.for_settings(settings), default_partition(settings)
     started = time.perf_counter()
     for i in range(objects):
         obj = prepare_object(settings, f"flush-r{run}-{i:05d}", f"flush/r{run}/{i:05d}.bin", body(run, i, object_bytes))
-        stage_object(staging, obj)
+        stage_object(lanes, partition, partition.lane(0), obj)
     return time.perf_counter() - started
 
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from batcher.config import Settings
 from batcher.flush import Flusher
+from batcher.lanes import Lanes
 from batcher.models import BatchRef, ClaimedBatch, StagedObject
-from batcher.staging import Staging
 from batcher.uploader import Uploader, s3_client
 
 MIB = 1024 * 1024
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings = probe_settings(args.bucket, args.redis_url)
     sink = CountingSink(args.ref_every)
-    flusher = Flusher(settings, Staging.for_settings(settings), Uploader(s3_client(endpoint_url=args.endpoint)), sink)
+    flusher = Flusher(settings, Lanes.for_settings(settings), Uploader(s3_client(endpoint_url=args.endpoint)), sink)
     flusher.uploader.client.list_objects_v2(Bucket=args.bucket, MaxKeys=1)  # connection and lazy imports
     rss_before = vm_rss_mib()
     peak_before = peak_rss_mib()

@@ -24,8 +24,9 @@ import pytest
 import redis
 
 from batcher.config import Settings
+from batcher.connection import connect
 from batcher.embedded import LOOPBACK, RedisServer, S3Server, free_port
-from batcher.staging import Staging, StagingLimits, connect
+from batcher.lanes import Lanes
 from tests.support import Stack
 from workers.app import UNACKED_KEYS, app
 
@@ -112,8 +113,8 @@ def stack(
     settings = Settings(bucket=bucket, redis_url=redis_server.url(db), max_batch_age_s=1.0)
     client = connect(settings.redis_url)
     client.flushdb()
-    stack = Stack(settings=settings, staging=Staging(client, StagingLimits.from_settings(settings)), s3=s3,
-                  tmp_path=tmp_path)  # fmt: skip
+    lanes = Lanes(client, settings)
+    stack = Stack(settings=settings, lanes=lanes, staging=lanes.default_lane(), s3=s3, tmp_path=tmp_path)
     try:
         yield stack
     finally:

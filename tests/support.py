@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from batcher.config import Settings, to_env
 from batcher.index import is_reserved
-from batcher.staging import Staging, StagingLimits
+from batcher.lanes import Lanes
+from batcher.staging import Staging
 from workers.process import WorkerProcess
 
 if TYPE_CHECKING:
@@ -25,9 +26,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @dataclass
 class Stack:
-    """One test's staging database, bucket and worker processes."""
+    """One test's staging database, bucket and worker processes; ``staging`` is the default partition's first
+    lane (registered), where a test stages directly."""
 
     settings: Settings
+    lanes: Lanes
     staging: Staging
     s3: S3Client
     tmp_path: Path
@@ -61,9 +64,11 @@ class Stack:
         worker.wait_ready()
         return worker
 
-    def staging_for(self, settings: Settings) -> Staging:
-        """This stack's staging lane under the limits of ``settings``."""
-        return Staging(self.staging.client, StagingLimits.from_settings(settings))
+    def lanes_for(self, settings: Settings) -> Lanes:
+        """This stack's lanes under the limits of ``settings``."""
+        lanes = Lanes(self.lanes.client, settings)
+        lanes.default_lane()
+        return lanes
 
     def stop_workers(self) -> None:
         for worker in self.workers:

@@ -12,30 +12,32 @@ from celery.result import AsyncResult, ResultSet
 from batcher.config import Settings
 from batcher.embedded import free_port
 from batcher.errors import StagingError, StagingFullError
+from batcher.lanes import Lanes
+from batcher.partitions import default_partition
 from batcher.producer import stage_object
-from batcher.staging import Staging
 from tests.factories import stage_with, staged
 from tests.support import Stack
 
 
 def test_full_staging_refuses_with_a_clear_error(stack: Stack) -> None:
     settings = replace(stack.settings, max_staged_bytes=1000, max_batch_bytes=1000, max_object_bytes=1000)
-    staging = stack.staging_for(settings)
-    stage_object(staging, staged("first", b"x" * 900))
+    lanes, partition = stack.lanes_for(settings), default_partition(settings)
+    stage_object(lanes, partition, partition.lane(0), staged("first", b"x" * 900))
     with pytest.raises(StagingFullError, match=r"900 bytes staged, S3BATCH_MAX_STAGED_BYTES=1000; 'second'"):
-        stage_object(staging, staged("second", b"y" * 200))
+        stage_object(lanes, partition, partition.lane(0), staged("second", b"y" * 200))
     assert stack.staging.totals()["queued_objects"] == 1
 
 
 def test_redis_out_of_memory_is_a_staging_error_and_stages_nothing(stack: Stack) -> None:
     client = stack.staging.client
+    partition = default_partition(stack.settings)
     used = int(client.info("memory")["used_memory"])
     client.config_set("maxmemory", used + 64 * 1024)
     client.config_set("maxmemory-policy", "noeviction")
     try:
         with pytest.raises(StagingError, match=r"used memory > .maxmemory."):
             for i in range(100):
-                stage_object(stack.staging, staged(f"k{i}", b"z" * 200_000))
+                stage_object(stack.lanes, partition, partition.lane(0), staged(f"k{i}", b"z" * 200_000))
         staged_count = stack.staging.totals()["queued_objects"]
         assert len(list(client.scan_iter(match="*:rec:*"))) == staged_count  # no half-staged object
     finally:
@@ -43,7 +45,8 @@ def test_redis_out_of_memory_is_a_staging_error_and_stages_nothing(stack: Stack)
 
 
 def test_redis_unreachable_is_a_staging_error() -> None:
-    staging = Staging.for_settings(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    settings = Settings(bucket="b-unreachable", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    staging = Lanes.for_settings(settings).staging(default_partition(settings).lane(0))
     with pytest.raises(StagingError, match="Redis refused to stage objects"):
         stage_with(staging, [staged("k", b"x")], max_staged_bytes=10, max_batch_bytes=10, max_batch_objects=10)
 

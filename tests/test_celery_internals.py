@@ -41,7 +41,9 @@ def test_1_result_format_is_what_the_backend_itself_stores(backend: Any) -> None
     backend.store_result(theirs, value, "SUCCESS")
     script = backend.client.register_script(internals.STORE_SCRIPT)
     meta = internals.result_meta(backend, ours, "SUCCESS", value, "2026-01-01T00:00:00+00:00")
-    script(keys=["", "", internals.result_key(backend, ours)], args=[internals.result_ttl_s(backend), 0, "", "", meta])
+    script(
+        keys=["", "", internals.result_key(backend, ours)], args=[internals.result_ttl_s(backend), 0, "", "", 0, meta]
+    )
     stored_ours = backend.decode_result(backend.client.get(internals.result_key(backend, ours)))
     stored_theirs = backend.decode_result(backend.client.get(backend.get_key_for_task(theirs)))
     for stored in (stored_ours, stored_theirs):
@@ -61,7 +63,7 @@ def test_1_a_waiting_result_wakes_on_the_scripts_publish(backend: Any) -> None:
     assert result.state == "PENDING"  # subscribed from here on
     script = backend.client.register_script(internals.STORE_SCRIPT)
     meta = internals.result_meta(backend, task_id, "SUCCESS", {"ok": True}, "2026-01-01T00:00:00+00:00")
-    script(keys=["", "", internals.result_key(backend, task_id)], args=[0, 1, "", "", meta])
+    script(keys=["", "", internals.result_key(backend, task_id)], args=[0, 1, "", "", 0, meta])
     assert result.get(timeout=5) == {"ok": True}
 
 
@@ -196,7 +198,7 @@ def test_store_script_never_overwrites_a_final_state(backend: Any) -> None:
     script = backend.client.register_script(internals.STORE_SCRIPT)
     done = internals.result_meta(backend, task_id, "SUCCESS", {"v": 1}, "2026-01-01T00:00:00+00:00")
     staged = internals.result_meta(backend, task_id, "STAGED", {"v": 0}, None)
-    assert script(keys=["", "", key], args=[0, 1, "", "", done]) == 1
-    assert script(keys=["", "", key], args=[0, 1, "", "", staged]) == 0
+    assert script(keys=["", "", key], args=[0, 1, "", "", 0, done]) == 1
+    assert script(keys=["", "", key], args=[0, 1, "", "", 0, staged]) == 0
     assert json.loads(backend.client.get(key))["status"] == "SUCCESS"
     assert isinstance(backend.client, redis.Redis)

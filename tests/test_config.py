@@ -24,6 +24,10 @@ ALL_VARIABLES = {
     "S3BATCH_UPLOAD_RETRY_SECONDS": "45",
     "S3BATCH_RESULT_EXPIRES": "3600",
     "S3BATCH_NO_WORKER_TIMEOUT": "15",
+    "S3BATCH_BUCKETS": "tenant-*,my-bucket",
+    "S3BATCH_LANES": "8",
+    "S3BATCH_REDIS_SENTINEL_MASTER": "mymaster",
+    "S3BATCH_STAGING_REPLICAS": "1",
 }
 
 NUMERIC_VARIABLES = [
@@ -36,6 +40,7 @@ NUMERIC_VARIABLES = [
     "S3BATCH_UPLOAD_RETRY_SECONDS",
     "S3BATCH_RESULT_EXPIRES",
     "S3BATCH_NO_WORKER_TIMEOUT",
+    "S3BATCH_LANES",
 ]
 
 
@@ -75,6 +80,10 @@ def test_from_env_reads_every_variable() -> None:
         upload_retry_s=45.0,
         result_expires_s=3600.0,
         no_worker_timeout_s=15.0,
+        buckets="tenant-*,my-bucket",
+        lanes=8,
+        redis_sentinel_master="mymaster",
+        staging_replicas=1,
     )
     # Every field is covered: none kept its default.
     for field in dataclasses.fields(Settings):

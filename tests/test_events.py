@@ -33,7 +33,7 @@ class EventLog:
         with self._lock:
             return [e for e in self.events if e.get("uuid") == task_id]
 
-    def wait_for(self, task_id: str, final: str, timeout_s: float = 20) -> list[dict[str, Any]]:
+    def wait_for(self, task_id: str, final: str, timeout_s: float = 60) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
         while not any(e["type"] == final for e in self.of(task_id)):
             assert time.monotonic() < deadline, [e["type"] for e in self.of(task_id)]

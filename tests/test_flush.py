@@ -6,6 +6,7 @@ import hashlib
 import io
 import itertools
 import tarfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -15,6 +16,8 @@ import pytest
 from batcher.flush import Flusher, batch_key
 from batcher.index import INDEX_NAME, TRAILER_NAME
 from batcher.models import BatchRef, ClaimedBatch, StagedObject
+from batcher.partitions import default_partition
+from batcher.producer import stage_object
 from batcher.uploader import Uploader
 from tests.factories import stage_with, staged
 from tests.support import Stack
@@ -42,7 +45,7 @@ class Recorder:
 def make_flusher(stack: Stack, **settings: Any) -> tuple[Flusher, Recorder]:
     recorder = Recorder()
     chosen = replace(stack.settings, **settings)
-    return Flusher(chosen, stack.staging_for(chosen), Uploader(stack.s3), recorder), recorder
+    return Flusher(chosen, stack.lanes_for(chosen), Uploader(stack.s3), recorder), recorder
 
 
 def stage(stack: Stack, objs: list[StagedObject]) -> None:
@@ -73,9 +76,9 @@ def test_flush_uploads_one_tar_with_exact_offsets(stack: Stack) -> None:
     totals = stack.staging.totals()
     assert totals["staged_bytes"] == 0 and totals["batches_in_flight"] == 0
     # redis-py types replies as bytes | str; staging's client has decode_responses=False, so bytes
-    left = sorted(k.decode().split(":")[2] for k in cast(list[bytes], stack.staging.client.keys("*")))
-    # bodies and batch records are gone; the epoch names the lane's data, the probe is a 15 s rate limit
-    assert left == ["epoch", "probe"] + ["seen"] * len(objs) + ["totals"]
+    names = [k.decode() for k in cast(list[bytes], stack.staging.client.keys("*"))]
+    left = sorted(name.split(":")[2] for name in names if "{" in name)  # the lane's own keys
+    assert left == ["epoch"] + ["seen"] * len(objs) + ["totals"]  # bodies and batch records are gone
 
 
 def test_nothing_staged_means_no_put(stack: Stack) -> None:
@@ -111,10 +114,10 @@ def test_rebuilt_batch_gives_the_same_tar(stack: Stack) -> None:
     stack.staging.client.flushdb()
     stage(stack, objs)  # the same staging times: a record keeps the one it was staged with
     rules = stack.staging.with_limits(max_batch_age_ms=0, max_batch_objects=100, max_batch_bytes=10**9)
-    again = rules.claim(now_ms=batch.created_ms, batch_id=batch.batch_id, s3_key=batch.s3_key, force=True)
+    again, _ = rules.claim(now_ms=batch.created_ms, batch_id=batch.batch_id, s3_key=batch.s3_key, force=True)
     assert again is not None
     _, second = make_flusher(stack)
-    Flusher(stack.settings, stack.staging, Uploader(stack.s3), second).process(again)
+    Flusher(stack.settings, stack.lanes, Uploader(stack.s3), second).process(again)
     assert stack.tar_bytes(batch.s3_key) == original
     assert {k: v.offset for k, v in first.refs.items()} == {k: v.offset for k, v in second.refs.items()}
 
@@ -123,4 +126,15 @@ def test_flush_without_bucket_is_a_config_error(stack: Stack) -> None:
     from batcher.errors import ConfigError
 
     with pytest.raises(ConfigError, match="S3BATCH_BUCKET"):
-        Flusher(replace(stack.settings, bucket=None), stack.staging, Uploader(stack.s3), Recorder())
+        Flusher(replace(stack.settings, bucket=None), stack.lanes, Uploader(stack.s3), Recorder())
+
+
+def test_a_lowered_batch_age_applies_to_objects_already_staged(stack: Stack) -> None:
+    patient = replace(stack.settings, max_batch_age_s=600)
+    lanes = stack.lanes_for(patient)
+    partition = default_partition(patient)
+    stage_object(lanes, partition, partition.lane(0), staged("waits", b"w", staged_ms=int(time.time() * 1000) - 2000))
+    assert Flusher(patient, lanes, Uploader(stack.s3), Recorder()).flush() == []  # 2 s old: not due at 600 s
+    hurried, recorder = make_flusher(stack, max_batch_age_s=1)
+    (flushed,) = hurried.flush()  # a worker restarted with S3BATCH_MAX_BATCH_AGE=1 uploads it on its first tick
+    assert flushed.objects == 1 and recorder.refs["rec-waits"].object_key == "waits"

@@ -47,7 +47,7 @@ def test_stats_counts_waiting_and_uploaded(
     limits = {"max_staged_bytes": 10**9, "max_batch_bytes": 10**9, "max_batch_objects": 10**6}
     stage_with(stack.staging, [staged(f"k{i}", b"x" * 100) for i in range(30)], **limits)
     chosen = replace(stack.settings, max_batch_objects=10)
-    flusher = Flusher(chosen, stack.staging_for(chosen), Uploader(stack.s3), Recorder())
+    flusher = Flusher(chosen, stack.lanes_for(chosen), Uploader(stack.s3), Recorder())
     assert len(flusher.flush(force=True)) == 3
     stage_with(stack.staging, [staged("waiting", b"y" * 7)], **limits)
     assert main(["stats", "--json"]) == 0

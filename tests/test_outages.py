@@ -95,7 +95,7 @@ def test_a_key_held_by_another_object_gives_the_batch_a_new_key(stack: Stack, fo
     objs = [staged(f"rekey/{i}", bytes([i]) * 300) for i in range(50)]
     stage_with(stack.staging, objs, max_staged_bytes=10**9, max_batch_bytes=10**9, max_batch_objects=10**6)
     recorder = Recorder()
-    flusher = Flusher(stack.settings, stack.staging, Uploader(stack.s3), recorder)
+    flusher = Flusher(stack.settings, stack.lanes, Uploader(stack.s3), recorder)
     batch = flusher.claim(force=True)
     assert batch is not None
     metadata = {"s3batch-sha256": "0" * 64} if foreign == "another batch" else {}
@@ -113,7 +113,7 @@ def test_a_foreign_object_on_a_recovered_batch_is_named_and_rekeyed(stack: Stack
     objs = [staged(f"taken/{i}", b"y" * 10) for i in range(3)]
     stage_with(stack.staging, objs, max_staged_bytes=10**9, max_batch_bytes=10**9, max_batch_objects=10**6)
     recorder = Recorder()
-    flusher = Flusher(replace(stack.settings), stack.staging, Uploader(stack.s3), recorder)
+    flusher = Flusher(replace(stack.settings), stack.lanes, Uploader(stack.s3), recorder)
     batch = flusher.claim(force=True)
     assert batch is not None
     stack.s3.put_object(Bucket=stack.settings.require_bucket(), Key=batch.s3_key, Body=b"someone else's")

@@ -74,7 +74,7 @@ def flush(stack: Stack, objs: list[StagedObject], **settings: Any) -> list[Batch
     stage_with(stack.staging, objs, max_staged_bytes=10**12, max_batch_bytes=10**12, max_batch_objects=10**9)
     sink = Sink()
     chosen = replace(stack.settings, **settings)
-    Flusher(chosen, stack.staging_for(chosen), Uploader(stack.s3), sink).flush(force=True)
+    Flusher(chosen, stack.lanes_for(chosen), Uploader(stack.s3), sink).flush(force=True)
     return [sink.refs[o.record_id] for o in objs]
 
 

@@ -65,7 +65,7 @@ class Stub:
     def request_flush(self): pass
 
 channel = Stub()
-settings = Settings(redis_url={stack.settings.redis_url!r})
+settings = Settings(redis_url={stack.settings.redis_url!r}, bucket={stack.settings.bucket!r})
 with Batcher(settings, channel=channel) as batcher:
     ids = batcher.put_objects([("a", b"1"), ("b", b"22")])
 assert ids == channel.staged_ids, (ids, channel.staged_ids)

@@ -63,9 +63,9 @@ from celery.worker.request import Request
 
 STORE_SCRIPT = """
 -- Store and announce results as the Redis result backend does per task: SET with its expiry, then PUBLISH.
--- KEYS: registry set, registry index set, then the result keys.
+-- KEYS: registry zset, registry index set, then the result keys.
 -- ARGV: ttl_s (0: none), guarded ('1': never over a SUCCESS or FAILURE), registry ('add', 'remove' or ''),
---       registry index member, then one value per result key.
+--       registry index member, now_ms (the registry's score), then one value per result key.
 -- With 'add' the result keys join the registry set (and the set its index), with 'remove' they leave it: the
 -- registry of STAGED results of one staging epoch (workers.losses), which is s3batch's, not Celery's.
 -- Returns how many results were written.
@@ -84,7 +84,7 @@ for i = 3, #KEYS do
     end
   end
   if not final then
-    local value = ARGV[i + 2]
+    local value = ARGV[i + 3]
     if ttl > 0 then
       redis.call('SET', key, value, 'EX', ttl)
     else
@@ -95,13 +95,15 @@ for i = 3, #KEYS do
   end
 end
 if registry == 'add' and #KEYS > 2 then
-  redis.call('SADD', KEYS[1], unpack(KEYS, 3))
+  for i = 3, #KEYS do
+    redis.call('ZADD', KEYS[1], ARGV[5], KEYS[i])
+  end
   redis.call('SADD', KEYS[2], ARGV[4])
   if ttl > 0 then
     redis.call('EXPIRE', KEYS[1], ttl)
   end
 elseif registry == 'remove' and #KEYS > 2 then
-  redis.call('SREM', KEYS[1], unpack(KEYS, 3))
+  redis.call('ZREM', KEYS[1], unpack(KEYS, 3))
 end
 return written
 """
@@ -265,6 +267,8 @@ class StagingRequest(Request):
 
 SENT_HEADER = "s3batch_sent"
 """The header put_object messages carry: when the producer sent them (seconds since the epoch)."""
+LANE_HEADER = "s3batch_lane"
+"""The header put_object messages carry: the lane index the producer keeps to."""
 
 
 def header(request: Any, name: str) -> Any:

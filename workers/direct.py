@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from typing import Any, cast
 
 import redis
 from kombu.exceptions import OperationalError
@@ -20,11 +19,11 @@ from batcher.client import Batcher as CoreBatcher
 from batcher.config import Settings
 from batcher.errors import StagingError
 from batcher.models import StagedObject
-from batcher.preflight import check_redis
-from workers import celery_internals as internals
+from batcher.s3client import S3BatchClient as CoreS3BatchClient
 from workers.app import S3BatchApp, create_app
 from workers.app import app as default_app
 from workers.bulkwait import BulkResultSet
+from workers.preflight import check_result_backend
 from workers.results import PutObjectResult, ResultWriter
 
 log = logging.getLogger(__name__)
@@ -36,8 +35,7 @@ class CeleryChannel:
     def __init__(self, app: S3BatchApp = default_app) -> None:
         self.app = app
         self.results = ResultWriter(app)
-        if internals.is_redis_backend(app.backend):
-            check_redis(cast(Any, app.backend).client, str(app.conf.result_backend), "CELERY_RESULT_BACKEND")
+        check_result_backend(app)  # where every caller's result is stored and awaited
 
     def staged(self, objects: Sequence[StagedObject], lane: str, epoch: str) -> None:
         try:
@@ -85,6 +83,19 @@ class Batcher(CoreBatcher[PutObjectResult, BulkResultSet]):
     flush ``settings``' staging store them, and ``put_objects`` returns a BulkResultSet to wait on in bulk.
     """
 
-    def __init__(self, settings: Settings | None = None, *, full_wait_s: float = FULL_WAIT_S) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, full_wait_s: float = FULL_WAIT_S, lane: int | None = None
+    ) -> None:
         app = app_for(settings)
-        super().__init__(app.s3batch_settings, channel=CeleryChannel(app), full_wait_s=full_wait_s)
+        super().__init__(app.s3batch_settings, channel=CeleryChannel(app), full_wait_s=full_wait_s, lane=lane)
+
+
+class S3BatchClient(CoreS3BatchClient[PutObjectResult, BulkResultSet]):
+    """boto3's ``put_object`` shape, ready to use: ``S3BatchClient().put_object(Bucket=, Key=, Body=)`` returns
+    a PutObjectResult whose ``get()`` gives the ref."""
+
+    def __init__(self, settings: Settings | None = None, *, prefix: str | None = None) -> None:
+        super().__init__(Batcher(settings), prefix=prefix)
+
+    def close(self) -> None:
+        self.batcher.close()

@@ -92,4 +92,4 @@ def check_served(app: Celery, states: Iterable[str], waited_s: float) -> None:
 def _staging_client(app: S3BatchApp) -> Any:
     from workers.runtime import runtime
 
-    return runtime(app).staging.client
+    return runtime(app).lanes.client

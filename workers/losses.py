@@ -5,26 +5,31 @@ also listed, in the result backend, in a registry of its lane and epoch (written
 the state; removed when the flush publishes the outcome). When the result backend survives a restart of the
 staging Redis that did not (no appendonly persistence, a flush of the database), the lane's epoch is new or
 gone, and ``fail_lost`` turns every result still in an old epoch's registry into FAILURE with
-StagingLostError. Where the results were lost with the staged data, there is nothing to turn: the producers'
-own waits see STAGED become PENDING and raise StagingLostError (workers.results, workers.bulkwait).
+StagingLostError; a result STAGED long ago whose record its lane no longer holds (a failover to a replica
+that missed the last writes) too. Where the results were lost with the staged data, there is nothing to turn:
+the producers' own waits see STAGED become PENDING and raise StagingLostError (workers.results,
+workers.bulkwait).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import time
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from celery import Celery, states
 
 from batcher.errors import StagingError, StagingLostError
+from batcher.lanes import Lanes
+from batcher.preflight import redact
 from batcher.staging import Staging
 from workers import celery_internals as internals
 
 log = logging.getLogger(__name__)
 
+STALE_AFTER_MS = 60_000
 REGISTRY_INDEX = "s3batch:staged-epochs"
 """SET of the registries that exist, as JSON ``[lane, epoch]``."""
 CHECK_LOCK = "s3batch:loss-check"
@@ -33,7 +38,7 @@ _CHUNK = 500
 
 
 def registry_key(lane: str, epoch: str) -> str:
-    """The SET of the result keys of the objects STAGED in ``lane`` during ``epoch``."""
+    """The ZSET of the result keys of the objects STAGED in ``lane`` during ``epoch``, scored by when (ms)."""
     return f"s3batch:staged:{lane}:{epoch.split(' ', 1)[0]}"
 
 
@@ -41,11 +46,15 @@ def registry_member(lane: str, epoch: str) -> str:
     return json.dumps([lane, epoch])
 
 
-def fail_lost(app: Celery, staging_of: Callable[[str], Staging]) -> int:
-    """FAILURE with StagingLostError for every result STAGED in an epoch its lane no longer has; how many.
+def fail_lost(app: Celery, lanes: Lanes) -> int:
+    """FAILURE with StagingLostError for every result STAGED in data its lane no longer holds; how many.
 
-    At most one worker checks every CHECK_EVERY_MS; a staging Redis that does not answer is skipped (its data
-    may well be there).
+    Two ways staged data goes: all of a lane's (its epoch is new or gone: a Redis restarted empty, a flushed
+    database), or the last writes before a failover to a replica that had not received them (the epoch stayed,
+    some records did not). A result STAGED for longer than a batch could take to be claimed (STALE_AFTER_MS past
+    the batch age) whose record is not in its lane is the second kind; a batch still being retried keeps its
+    records, so it is never mistaken for one. At most one worker checks every CHECK_EVERY_MS; a staging Redis
+    that does not answer is skipped (its data may well be there).
     """
     backend: Any = app.backend
     if not internals.is_redis_backend(backend):
@@ -53,53 +62,74 @@ def fail_lost(app: Celery, staging_of: Callable[[str], Staging]) -> int:
     client = backend.client
     if not client.set(CHECK_LOCK, b"1", px=CHECK_EVERY_MS, nx=True):
         return 0
+    settings = cast(Any, app).s3batch_settings
+    stale_before = int(time.time() * 1000) - int(settings.max_batch_age_s * 1000) - STALE_AFTER_MS
+    prefix = _prefix(backend)
     failed = 0
-    for member in cast(set[bytes], client.smembers(REGISTRY_INDEX)):
+    for member in cast(set[bytes], client.smembers(REGISTRY_INDEX)):  # (lane, epoch) pairs with STAGED results
         lane, epoch = json.loads(member)
-        staging = staging_of(lane)
+        staging = lanes.staging(lane)
+        registry = registry_key(lane, epoch)
         try:
-            current = staging.epoch()
+            if staging.epoch() != epoch:
+                keys = cast(list[bytes], client.zrange(registry, 0, -1))
+                if _fail(app, staging, registry, keys, lost_epoch(settings, lane, epoch)):
+                    failed += len(keys)
+                    lanes.keep(lane)  # its count of lost objects stays in stats, though the lane list was lost
+                client.delete(registry)
+                client.srem(REGISTRY_INDEX, member)
+                continue
+            stale = cast(list[bytes], client.zrangebyscore(registry, "-inf", stale_before))
+            missing = staging.missing_records([key.removeprefix(prefix).decode() for key in stale])
+            gone = [key for key in stale if key.removeprefix(prefix).decode() in missing]
+            failed += _fail(app, staging, registry, gone, lost_records(settings, lane))
         except StagingError as exc:
             log.warning("s3batch loss check: lane %s not checked: %s", lane, exc)
-            continue
-        if current == epoch:
-            continue
-        failed += _fail_registry(app, client, staging, lane, epoch)
-        client.srem(REGISTRY_INDEX, member)
     return failed
 
 
-def _fail_registry(app: Celery, client: Any, staging: Staging, lane: str, epoch: str) -> int:
-    backend: Any = app.backend
-    registry = registry_key(lane, epoch)
-    error = StagingLostError(
-        f"the object was staged in Redis ({_url(staging)}, lane {lane}, staging epoch {_describe(epoch)}) and "
-        "that staged data is gone: the Redis restarted without appendonly persistence, or was flushed, before "
-        "its batch was uploaded. Send the object again"
+def lost_epoch(settings: Any, lane: str, epoch: str) -> StagingLostError:
+    return StagingLostError(
+        f"the object was staged in Redis ({redact(settings.redis_url)}, lane {lane}, staging epoch "
+        f"{_describe(epoch)}) and that staged data is gone: the Redis restarted without appendonly persistence, or "
+        "was flushed, before its batch was uploaded. Send the object again"
     )
+
+
+def lost_records(settings: Any, lane: str) -> StagingLostError:
+    return StagingLostError(
+        f"the object was staged in Redis ({redact(settings.redis_url)}, lane {lane}) and its record is gone: a "
+        "failover to a replica that had not received it yet (S3BATCH_STAGING_REPLICAS makes STAGED wait for "
+        "replicas), or a lost write. Send the object again"
+    )
+
+
+def _fail(app: Celery, staging: Staging, registry: str, keys: list[bytes], error: StagingLostError) -> int:
+    """FAILURE with ``error`` for the results at ``keys`` that are not final yet; they leave the registry."""
+    if not keys:
+        return 0
+    backend: Any = app.backend
     encoded = backend.prepare_exception(error)
-    store = client.register_script(internals.STORE_SCRIPT)
-    keys = cast(list[bytes], list(client.sscan_iter(registry, count=1000)))
-    prefix = backend.task_keyprefix.encode() if isinstance(backend.task_keyprefix, str) else backend.task_keyprefix
+    store = backend.client.register_script(internals.STORE_SCRIPT)
+    prefix = _prefix(backend)
     ttl = internals.result_ttl_s(backend)
+    written = 0
     for start in range(0, len(keys), _CHUNK):
         chunk = keys[start : start + _CHUNK]
         values = [
             internals.result_meta(backend, key.removeprefix(prefix).decode(), states.FAILURE, encoded, _now_iso())
             for key in chunk
         ]
-        store(keys=[registry, REGISTRY_INDEX, *chunk], args=[ttl, 1, "remove", "", *values])
-    client.delete(registry)
-    staging.count_lost(len(keys))
-    if keys:
-        log.error("s3batch: %d staged objects were lost with lane %s's staged data; their callers got FAILURE: %s",
-                  len(keys), lane, error)  # fmt: skip
-    return len(keys)
+        written += int(store(keys=[registry, REGISTRY_INDEX, *chunk], args=[ttl, 1, "remove", "", 0, *values]))
+    if written:
+        staging.count_lost(written)
+        log.error("s3batch: %d staged objects were lost; their callers got FAILURE: %s", written, error)
+    return written
 
 
-def _url(staging: Staging) -> str:
-    kwargs = staging.client.connection_pool.connection_kwargs
-    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
+def _prefix(backend: Any) -> bytes:
+    prefix = backend.task_keyprefix
+    return prefix.encode() if isinstance(prefix, str) else bytes(prefix)
 
 
 def _describe(epoch: str) -> str:

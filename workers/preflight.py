@@ -1,8 +1,9 @@
 """A worker that cannot work does not start: one line that says what is wrong and how to fix it, exit status 1.
 
-Checked before anything else runs: the settings, the bucket, the staging Redis, the broker and result
-backend (reachable, credentials, not a Redis Cluster, which Celery's Redis transport and backend cannot
-use), and that the bucket exists for these S3 credentials.
+Checked before anything else runs: the settings, the bucket, the staging Redis (any topology; with
+S3BATCH_STAGING_REPLICAS, enough replicas), the broker and result backend (reachable, credentials, not a
+Redis Cluster, which Celery's Redis transport and backend cannot use), and that the default bucket and every
+bucket S3BATCH_BUCKETS names without a wildcard exist for these S3 credentials.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import redis
 from celery import bootsteps
 
 from batcher.errors import ConfigError
-from batcher.preflight import check_bucket, check_redis, refuse_cluster
+from batcher.preflight import check_bucket, check_redis, check_staging, refuse_cluster
 from batcher.uploader import s3_client
 from workers import celery_internals as internals
 from workers.app import S3BatchApp
@@ -34,14 +35,9 @@ def check_worker(app: S3BatchApp) -> None:
     bucket = settings.require_bucket()
     from workers.runtime import runtime
 
-    info = check_redis(runtime(app).staging.client, settings.redis_url, "S3BATCH_REDIS_URL")
-    refuse_cluster(info, settings.redis_url, "S3BATCH_REDIS_URL", "s3batch staging needs a single Redis for now")
-    conf = app.conf
-    if internals.is_redis_backend(app.backend):
-        url = str(conf.result_backend)
-        info = check_redis(cast(Any, app.backend).client, url, "CELERY_RESULT_BACKEND")
-        refuse_cluster(info, url, "CELERY_RESULT_BACKEND", _CELERY_CANNOT_CLUSTER)
-    broker_url = str(conf.broker_url)
+    check_staging(runtime(app).lanes.client, settings)
+    check_result_backend(app)
+    broker_url = str(app.conf.broker_url)
     if broker_url.startswith(("redis://", "rediss://", "unix://")):
         client = redis.Redis.from_url(broker_url, socket_connect_timeout=5)
         try:
@@ -49,7 +45,17 @@ def check_worker(app: S3BatchApp) -> None:
         finally:
             client.close()
         refuse_cluster(info, broker_url, "CELERY_BROKER_URL", _CELERY_CANNOT_CLUSTER)
-    check_bucket(s3_client(), bucket, f"{settings.prefix}.s3batch-probe")
+    s3 = s3_client()
+    for allowed in sorted({bucket, *(p for p in settings.bucket_patterns if not any(ch in p for ch in "*?["))}):
+        check_bucket(s3, allowed, f"{settings.prefix}.s3batch-probe")
+
+
+def check_result_backend(app: S3BatchApp) -> None:
+    """ConfigError when the app's Redis result backend cannot be reached or is a Redis Cluster node."""
+    if internals.is_redis_backend(app.backend):
+        url = str(app.conf.result_backend)
+        info = check_redis(cast(Any, app.backend).client, url, "CELERY_RESULT_BACKEND")
+        refuse_cluster(info, url, "CELERY_RESULT_BACKEND", _CELERY_CANNOT_CLUSTER)
 
 
 class Preflight(bootsteps.Step):

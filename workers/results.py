@@ -118,7 +118,8 @@ class ResultWriter:
                 internals.result_meta(self.backend, task_id, state, result, date_done)
                 for task_id, state, result in chunk
             ]
-            self._store(keys=[*registry_keys, *keys], args=[ttl, int(unless_final), operation, member, *values])
+            args = [ttl, int(unless_final), operation, member, int(time.time() * 1000), *values]
+            self._store(keys=[*registry_keys, *keys], args=args)
 
 
 def staged_info(obj: StagedObject, epoch: str) -> dict[str, Any]:

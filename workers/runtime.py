@@ -11,7 +11,7 @@ from celery.signals import worker_process_init
 
 from batcher.config import Settings
 from batcher.flush import Flusher
-from batcher.staging import Staging
+from batcher.lanes import Lanes
 from batcher.uploader import Uploader
 from workers.app import S3BatchApp
 from workers.results import ResultWriter
@@ -28,8 +28,8 @@ class Runtime:
         return self.app.s3batch_settings
 
     @cached_property
-    def staging(self) -> Staging:
-        return Staging.for_settings(self.settings)
+    def lanes(self) -> Lanes:
+        return Lanes.for_settings(self.settings)
 
     @cached_property
     def results(self) -> ResultWriter:
@@ -37,7 +37,7 @@ class Runtime:
 
     @cached_property
     def flusher(self) -> Flusher:
-        return Flusher(self.settings, self.staging, Uploader(), self.results)
+        return Flusher(self.settings, self.lanes, Uploader(), self.results)
 
 
 _runtimes: dict[int, Runtime] = {}

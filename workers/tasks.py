@@ -14,7 +14,9 @@ from celery import Celery, Task
 from celery.signals import task_rejected
 from kombu.exceptions import ContentDisallowed
 
+from batcher.config import Settings
 from batcher.errors import ContentRefusedError, InputError, StagingError, TaskIdReusedError
+from batcher.partitions import producer_lane, resolve
 from batcher.producer import prepare_object, stage_object
 from workers import celery_internals as internals
 from workers.app import app as default_app
@@ -70,7 +72,8 @@ class PutObjectTask(BaseTask):
             "kwargsrepr", repr({k: (_describe_body(v) if k == "body" else v) for k, v in kwargs.items()})
         )
         sent_at = time.time()
-        options["headers"] = {**(options.get("headers") or {}), internals.SENT_HEADER: sent_at}
+        headers = {internals.SENT_HEADER: sent_at, internals.LANE_HEADER: producer_lane(runtime(self.app).settings)}
+        options["headers"] = {**(options.get("headers") or {}), **headers}
         result = super().apply_async(args, kwargs, **options)
         if isinstance(result, PutObjectResult):
             result.sent_at = sent_at
@@ -87,6 +90,14 @@ class PutObjectTask(BaseTask):
     def AsyncResult(self, task_id: str, **kwargs: Any) -> PutObjectResult:
         """A result whose waits raise instead of hanging when no worker serves the queues or staging was lost."""
         return PutObjectResult(task_id, app=self.app, **kwargs)
+
+
+def lane_of(request: Any, settings: Settings) -> int:
+    """The lane index the producer chose (its own, so that its objects keep their order), else this process's."""
+    chosen = internals.header(request, internals.LANE_HEADER)
+    if isinstance(chosen, int) and 0 <= chosen < settings.lanes:
+        return chosen
+    return producer_lane(settings)
 
 
 def _refuse_reused_id(app: Celery, task_id: str, args: list[Any], kwargs: dict[str, Any]) -> None:
@@ -123,26 +134,31 @@ def stage_one(
     body: bytes,
     content_type: str | None = None,
     metadata: dict[str, str] | None = None,
+    bucket: str | None = None,
+    prefix: str | None = None,
 ) -> Any:  # the worker sees "staged"; callers' results get the ref dict from the flush
-    """Validate and stage one object; the flush stores SUCCESS with its BatchRef dict later.
+    """Validate and stage one object (in the partition ``bucket``/``prefix``, the defaults when None); the flush
+    stores SUCCESS with its BatchRef dict later.
 
-    Fails with an InputError subclass for bad input; retries with backoff while staging is
-    full or Redis is unavailable.
+    Fails with an InputError subclass for bad input (InvalidBucketError for a bucket S3BATCH_BUCKETS does not
+    allow); retries with backoff while staging is full or Redis is unavailable.
     """
     rt = runtime(self.app)
     request = self.request
     task_id = str(request.id)
     watched = events_on(rt.app)
     context = staged_context(request, watched)
+    partition = resolve(rt.settings, bucket, prefix)
     obj = prepare_object(rt.settings, task_id, key, body, content_type, metadata, context=context)
+    lane = partition.lane(lane_of(request, rt.settings))
     try:
-        outcome = stage_object(rt.staging, obj)
+        outcome = stage_object(rt.lanes, partition, lane, obj)
     except TaskIdReusedError as exc:
         log.error("s3batch: %s", exc)
         rt.results.refuse(task_id, exc, over_success=True)  # Celery itself never replaces a SUCCESS
         raise
     staged = staged_info(obj, outcome.epoch)
-    rt.results.mark_staged(task_id, staged, rt.staging.keys.lane, outcome.epoch)
+    rt.results.mark_staged(task_id, staged, lane, outcome.epoch)
     if watched:
         self.send_event("task-staged", **staged)  # monitors show the task as STAGED
     if outcome.flush_wanted:
@@ -160,10 +176,20 @@ def flush_due(self: BaseTask, force: bool = False) -> None:
     """Finish abandoned batches, then upload every due batch (all staged ones when ``force``)."""
     rt = runtime(self.app)
     rt.results.hostname = self.request.hostname or rt.results.hostname
-    flushed = rt.flusher.flush(force=force)
+    try:
+        flushed = rt.flusher.flush(force=force)
+        fail_lost(rt.app, rt.lanes)
+    except StagingError as exc:  # Redis is down or failing over: every tick would say so; say it every 10 s
+        now = time.monotonic()
+        if now - _last_staging_warning[0] >= 10:
+            _last_staging_warning[0] = now
+            log.warning("s3batch flush: the staging Redis cannot be used (next tick tries again): %s", exc)
+        return
     if flushed:
         log.debug("s3batch flush finished %d batches", len(flushed))
-    fail_lost(rt.app, lambda lane: rt.staging)  # one lane today
+
+
+_last_staging_warning = [-1e9]
 
 
 def register(app: Celery) -> tuple[PutObjectTask, BaseTask]:
