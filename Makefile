@@ -53,15 +53,18 @@ lint: $(BIN)/s3batch
 typecheck: $(BIN)/s3batch
 	$(BIN)/mypy
 
-## the benchmark suite (bench/README.md): every scenario, median of 3 runs, writes bench/results/suite.{json,png}
+## the benchmark suite (bench/README.md): every scenario, median of 3 runs, writes bench/results/suite.{json,png};
+## then the staging topologies (single node, Redis Cluster with 1-8 lanes), bench/results/topologies.json
 bench: $(BIN)/s3batch
 	./scripts/ensure-system-packages
 	$(BIN)/python -m bench.suite
+	$(BIN)/python -m bench.topologies
 
 ## a smoke run of the suite: every scenario once with fewer objects, about 2 minutes
 bench-quick: $(BIN)/s3batch
 	./scripts/ensure-system-packages
 	$(BIN)/python -m bench.suite --quick
+	$(BIN)/python -m bench.topologies --quick
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from batcher.config import Settings
 from batcher.connection import connect
 from batcher.embedded import RedisServer, S3Server
@@ -81,7 +83,7 @@ def commands(urls: Sequence[str]) -> int:
     """Commands processed so far by every node in ``urls`` (the staging Redis, or each cluster master)."""
     total = 0
     for url in urls:
-        client = connect(url)
+        client = redis.Redis.from_url(url)  # this node alone (a cluster client would ask any node)
         try:
             total += int(client.info("stats")["total_commands_processed"])
         finally:
@@ -207,7 +209,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logdir = Path(tempfile.mkdtemp(prefix="s3batch-bench-topologies-"))
         stack.callback(shutil.rmtree, logdir, True)
         bucket = f"bench-topologies-{int(time.time())}"
-        s3_client(s3.endpoint_url).create_bucket(Bucket=bucket)
         env = {
             "CELERY_BROKER_URL": results.url(0),
             "CELERY_RESULT_BACKEND": results.url(0),
@@ -220,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "NO_PROXY": "127.0.0.1,localhost",
         }
         clean_environment(env)
+        s3_client(s3.endpoint_url).create_bucket(Bucket=bucket)
         masters = [f"redis://127.0.0.1:{node.port}/0" for node in cluster.masters()]
         plan = [("single node", single.url(0), [single.url(0)], 1)]
         plan += [("cluster", cluster.url, masters, lanes) for lanes in LANE_COUNTS]
