@@ -17,9 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from batcher.checksums import ALGORITHMS
 from batcher.errors import ConfigError
+from batcher.uploadargs import combined, parse_args, parse_partition_args, partition_targets
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+VERIFY_MODES = ("auto", "always", "never")
 CONFIG_MODULE_VARIABLE = "S3BATCH_CELERY_CONFIG"
 MODULE_PREFIX = "s3batch_"
 
@@ -56,6 +59,14 @@ class Settings:
     """The Sentinel master's name, when S3BATCH_REDIS_URL lists sentinels (sentinel://...)."""
     staging_replicas: int = 0
     """STAGED only once Redis WAIT confirms this many replicas hold the object."""
+    upload_args: str = "{}"
+    """boto3 PutObject arguments for every batch, as canonical JSON (batcher.uploadargs)."""
+    partition_upload_args: str = "{}"
+    """More of them per bucket, or bucket and prefix ("bucket/prefix/"), as canonical JSON; they win."""
+    upload_checksum: str = "CRC64NVME"
+    """The S3 checksum every upload carries (batcher.checksums); NONE for servers that refuse checksums."""
+    verify_uploads: str = "auto"
+    """Read each batch back after its upload: auto (where the server does not verify checksums), always, never."""
 
     def __post_init__(self) -> None:
         for variable in _VARIABLES:
@@ -84,6 +95,26 @@ class Settings:
             raise ConfigError(f"S3BATCH_LANES={self.lanes} is above 4096 lanes per partition")
         if self.staging_replicas < 0:
             raise ConfigError(f"S3BATCH_STAGING_REPLICAS={self.staging_replicas} must be 0 or more")
+        # Set directly (not through from_env), these are checked and made canonical here too.
+        object.__setattr__(self, "upload_args", parse_args(self.upload_args, "S3BATCH_UPLOAD_ARGS"))
+        partition_args = parse_partition_args(self.partition_upload_args, "S3BATCH_PARTITION_UPLOAD_ARGS")
+        object.__setattr__(self, "partition_upload_args", partition_args)
+        for name, value, choices in (
+            ("S3BATCH_UPLOAD_CHECKSUM", self.upload_checksum, ALGORITHMS),
+            ("S3BATCH_VERIFY_UPLOADS", self.verify_uploads, VERIFY_MODES),
+        ):
+            if value not in choices:
+                raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
+        self.upload_args_for(self.bucket or "", self.prefix)  # the default partition's arguments must go together
+        for target in partition_targets(self.partition_upload_args):
+            bucket = target.split("/", 1)[0]
+            if self.bucket_patterns and not self.allows_bucket(bucket):
+                raise ConfigError(
+                    f"S3BATCH_PARTITION_UPLOAD_ARGS names {target!r}, but S3BATCH_BUCKETS="
+                    f"{','.join(self.bucket_patterns)!r} does not allow bucket {bucket!r}: fix the name or allow it"
+                )
+            prefix = target[len(bucket) + 1 :] if "/" in target else self.prefix
+            self.upload_args_for(bucket, prefix)  # ConfigError when the combination is one S3 refuses
         if self.redis_url.startswith("sentinel://") and not self.redis_sentinel_master:
             raise ConfigError(
                 f"S3BATCH_REDIS_URL={self.redis_url!r} lists sentinels: set S3BATCH_REDIS_SENTINEL_MASTER to the name "
@@ -95,6 +126,10 @@ class Settings:
         """The glob patterns of S3BATCH_BUCKETS, or the default bucket alone when it is empty."""
         patterns = [p.strip() for p in self.buckets.split(",") if p.strip()]
         return patterns or ([self.bucket] if self.bucket else [])
+
+    def upload_args_for(self, bucket: str, prefix: str) -> dict[str, Any]:
+        """The upload arguments of the partition ``bucket``/``prefix`` (batcher.uploadargs.combined)."""
+        return combined(self.upload_args, self.partition_upload_args, bucket, prefix)
 
     def allows_bucket(self, bucket: str) -> bool:
         """Whether producers may send objects to ``bucket`` (S3BATCH_BUCKETS)."""
@@ -187,6 +222,18 @@ def _text(value: object, where: str) -> str:
     raise ConfigError(f"{where}={value!r} must be a string")
 
 
+def _choice(*choices: str) -> Callable[[object, str], str]:
+    """A parser of one of ``choices`` (any case); ConfigError listing them."""
+
+    def parse(value: object, where: str) -> str:
+        for choice in choices:
+            if isinstance(value, str) and value.strip().upper() == choice.upper():
+                return choice
+        raise ConfigError(f"{where}={value!r} must be one of {', '.join(choices)}")
+
+    return parse
+
+
 @dataclass(frozen=True)
 class _Variable:
     name: str
@@ -212,6 +259,10 @@ _VARIABLES = (
     _Variable("S3BATCH_LANES", "lanes", _integer),
     _Variable("S3BATCH_REDIS_SENTINEL_MASTER", "redis_sentinel_master", _text, positive=False),
     _Variable("S3BATCH_STAGING_REPLICAS", "staging_replicas", _integer, positive=False),
+    _Variable("S3BATCH_UPLOAD_ARGS", "upload_args", parse_args, positive=False),
+    _Variable("S3BATCH_PARTITION_UPLOAD_ARGS", "partition_upload_args", parse_partition_args, positive=False),
+    _Variable("S3BATCH_UPLOAD_CHECKSUM", "upload_checksum", _choice(*ALGORITHMS), positive=False),
+    _Variable("S3BATCH_VERIFY_UPLOADS", "verify_uploads", _choice(*VERIFY_MODES), positive=False),
 )
 assert {variable.attr for variable in _VARIABLES} == {f.name for f in fields(Settings)}
 

@@ -92,6 +92,11 @@ class BatchConflictError(PermanentUploadError):
     """Raised when S3 already holds a different object under a batch's key."""
 
 
+class StoredBytesDifferError(BatchConflictError):
+    """Raised when the server stored other bytes than were sent (its checksum or a read-back says so): the key
+    holds a bad copy, so the batch is uploaded again under a new key, as for any other object at its key."""
+
+
 class ReadError(S3BatchError):
     """Raised when an object cannot be read back from its batch."""
 

@@ -276,9 +276,13 @@ class Flusher:
     ) -> tuple[int, str, list[tuple[StagedObject, BatchRef]]]:
         objects = self._staging(batch).with_bodies(heads)
         keys = [head.object_key for head in heads]
-        with build_tar(keys, objects, batch_id=batch.batch_id, created_ms=batch.created_ms) as tar:
+        partition = self.lanes.partition_of(batch.lane)
+        with build_tar(
+            keys, objects, batch_id=batch.batch_id, created_ms=batch.created_ms, checksum=self.settings.upload_checksum
+        ) as tar:
             checkpoints.reached("tar-built")
-            etag = self.uploader.upload(self._bucket(batch), batch.s3_key, tar, may_exist=may_exist)
+            args = self.settings.upload_args_for(partition.bucket, partition.prefix)
+            etag = self.uploader.upload(partition.bucket, batch.s3_key, tar, may_exist=may_exist, args=args)
         refs = [
             (head, BatchRef(self._bucket(batch), batch.s3_key, m.offset, m.size, m.key, batch.batch_id, etag, m.sha256))
             for head, m in zip(heads, tar.members, strict=True)

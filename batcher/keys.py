@@ -99,7 +99,8 @@ class IndexKeys:
 
     @property
     def due(self) -> str:
-        """ZSET of lanes with staged objects, scored by when their oldest object makes a batch due (ms)."""
+        """ZSET of lanes with staged objects, scored by their oldest object's staging time (ms; 0 or 1 when they
+        hold a full batch): due once the score is S3BATCH_MAX_BATCH_AGE old."""
         return f"{self.namespace}:due"
 
     @property

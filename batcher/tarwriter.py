@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO
 
+from batcher.checksums import Checksum, Stored, from_hex
 from batcher.index import (
     INDEX_NAME,
     TRAILER_NAME,
@@ -39,7 +40,8 @@ _MODE = 0o644
 @dataclass
 class BuiltTar:
     """A finished tar: a readable spooled file at 0, its size, SHA-256, its objects as the index lists them (in
-    order, ``offset`` their data's first byte), where the index is, and the S3 metadata."""
+    order, ``offset`` their data's first byte), where the index is, the S3 metadata, and the S3 checksum of the
+    whole tar (None when S3BATCH_UPLOAD_CHECKSUM is NONE)."""
 
     file: IO[bytes]
     size: int
@@ -47,6 +49,7 @@ class BuiltTar:
     members: list[IndexEntry]
     index: IndexLocation
     s3_metadata: dict[str, str]
+    checksum: Stored | None = None
 
     def close(self) -> None:
         self.file.close()
@@ -123,16 +126,19 @@ def build_tar(
     *,
     batch_id: str,
     created_ms: int,
+    checksum: str = "CRC64NVME",
     spool_memory_bytes: int = SPOOL_MEMORY_BYTES,
 ) -> BuiltTar:
     """Write the tar of ``objects`` (whose keys, in order, are ``keys``), its index and trailer to a spooled file.
 
     ``batch_id`` and ``created_ms`` go into the index; the same arguments always give the same bytes.
+    ``checksum`` is the S3 checksum algorithm computed over the whole tar as it is written (NONE for none).
     Raises ValueError when ``objects`` and ``keys`` differ in number.
     """
     names = member_names(keys)
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=spool_memory_bytes)  # noqa: SIM115
     digest = hashlib.sha256()
+    running = None if checksum in ("NONE", "SHA256") else Checksum(checksum)  # SHA256: the digest above
     offset = 0
     members: list[IndexEntry] = []
 
@@ -140,6 +146,8 @@ def build_tar(
         nonlocal offset
         spool.write(data)
         digest.update(data)
+        if running is not None:
+            running.update(data)
         offset += len(data)
 
     def write_member(header: bytes, body: bytes) -> int:
@@ -173,6 +181,8 @@ def build_tar(
         spool.close()
         raise
     spool.seek(0)
-    return BuiltTar(
-        spool, offset, digest.hexdigest(), members, location, s3_metadata(batch_id, created_ms, len(members), location)
-    )
+    whole = Stored(checksum, running.value) if running is not None else None
+    if checksum == "SHA256":
+        whole = Stored("SHA256", from_hex(digest.hexdigest()))
+    metadata = s3_metadata(batch_id, created_ms, len(members), location)
+    return BuiltTar(spool, offset, digest.hexdigest(), members, location, metadata, whole)

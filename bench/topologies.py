@@ -29,6 +29,7 @@ from batcher.config import Settings
 from batcher.connection import connect
 from batcher.embedded import RedisServer, S3Server
 from batcher.flush import Flusher
+from batcher.keys import IndexKeys
 from batcher.lanes import Lanes
 from batcher.models import BatchRef, ClaimedBatch, StagedObject
 from batcher.partitions import Partition
@@ -159,7 +160,7 @@ def run_throughput(
 def run_idle_tick(topology: str, staging_url: str, nodes: Sequence[str], partitions: int, bucket: str) -> IdleTick:
     """Register ``partitions`` idle partitions, then count the commands and time of 20 flush ticks."""
     settings = Settings(bucket=bucket, redis_url=staging_url)
-    lanes = Lanes(connect(staging_url), settings)
+    lanes = Lanes(connect(staging_url), settings, IndexKeys("s3batch-idle-bench"))  # out of any worker's sight
     pipe = lanes.client.pipeline(transaction=False)
     for i in range(partitions):  # what Lanes.register writes, a thousand at a time
         partition = Partition(bucket, f"idle/{i:05d}/")
@@ -227,6 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan += [("cluster", cluster.url, masters, lanes) for lanes in LANE_COUNTS]
         print(f"{objects:,} objects of {OBJECT_BYTES} B per run, {runs} run(s) each; 2 workers x 2 processes; "
               f"broker and results on their own redis-server; batch age 2 s")  # fmt: skip
+        idle = [  # first: no worker has run yet that could add commands of its own
+            run_idle_tick("single node", single.url(15), [single.url(0)], partitions, bucket),
+            run_idle_tick("cluster", cluster.url, masters, partitions, bucket),
+        ]
         throughput: list[Throughput] = []
         for topology, url, nodes, lanes in plan:
             done = []
@@ -236,10 +241,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{one.staging_commands_per_object:.3f} staging commands/object, {one.tars} tars")  # fmt: skip
                 done.append(one)
             throughput.append(median_run(done))
-        idle = [
-            run_idle_tick("single node", single.url(15), [single.url(0)], partitions, bucket),
-            run_idle_tick("cluster", cluster.url, masters, partitions, bucket),
-        ]
 
     print("\nBatcher.put_objects() end to end (median run):")
     print(f"{'topology':<12} {'lanes':>5} {'objects/s':>10} {'vs single':>9} {'cmds/object':>11} {'tars':>5}")

@@ -28,6 +28,10 @@ ALL_VARIABLES = {
     "S3BATCH_LANES": "8",
     "S3BATCH_REDIS_SENTINEL_MASTER": "mymaster",
     "S3BATCH_STAGING_REPLICAS": "1",
+    "S3BATCH_UPLOAD_ARGS": '{"StorageClass": "STANDARD_IA", "ServerSideEncryption": "aws:kms"}',
+    "S3BATCH_PARTITION_UPLOAD_ARGS": '{"tenant-a/logs/": {"SSEKMSKeyId": "alias/tenant-a"}}',
+    "S3BATCH_UPLOAD_CHECKSUM": "crc32c",
+    "S3BATCH_VERIFY_UPLOADS": "always",
 }
 
 NUMERIC_VARIABLES = [
@@ -84,7 +88,13 @@ def test_from_env_reads_every_variable() -> None:
         lanes=8,
         redis_sentinel_master="mymaster",
         staging_replicas=1,
+        upload_args='{"ServerSideEncryption":"aws:kms","StorageClass":"STANDARD_IA"}',
+        partition_upload_args='{"tenant-a/logs/":{"SSEKMSKeyId":"alias/tenant-a"}}',
+        upload_checksum="CRC32C",
+        verify_uploads="always",
     )
+    assert settings.upload_args_for("tenant-a", "logs/")["SSEKMSKeyId"] == "alias/tenant-a"
+    assert "SSEKMSKeyId" not in settings.upload_args_for("tenant-a", "img/")
     # Every field is covered: none kept its default.
     for field in dataclasses.fields(Settings):
         assert getattr(settings, field.name) != field.default, field.name

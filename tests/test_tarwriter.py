@@ -73,7 +73,7 @@ def make_batch() -> list[StagedObject]:
     return objects
 
 
-def build(objects: Sequence[StagedObject], **kwargs: int) -> tuple[BuiltTar, bytes]:
+def build(objects: Sequence[StagedObject], **kwargs: Any) -> tuple[BuiltTar, bytes]:
     """Build the tar and read it whole; the BuiltTar is closed."""
     built = build_tar([obj.object_key for obj in objects], objects, batch_id=BATCH_ID, created_ms=CREATED_MS, **kwargs)
     try:

@@ -37,7 +37,7 @@ class Runtime:
 
     @cached_property
     def flusher(self) -> Flusher:
-        return Flusher(self.settings, self.lanes, Uploader(), self.results)
+        return Flusher(self.settings, self.lanes, Uploader(verify=self.settings.verify_uploads), self.results)
 
 
 _runtimes: dict[int, Runtime] = {}
