@@ -21,6 +21,12 @@ through a shuffled bag, so every kind turns up once enough faults were drawn):
 Whole outages: ``refuse()`` stops listening (connections are refused, as with a
 stopped S3 or a closed port) until ``accept()``; ``black_hole()`` takes
 connections and never answers (a partition) until ``accept()``.
+
+Server behaviour the upstream lacks: ``answer_when(header, value, ...)`` answers
+every request that carries a header with an S3 error of one's choosing (a KMS
+key S3 refuses, where moto accepts any), and ``corrupt_bodies(n)`` flips one
+byte in the middle of the body of the next ``n`` PUT requests on the way
+upstream (damage in transit that only a checksum can catch).
 """
 
 from __future__ import annotations
@@ -82,6 +88,9 @@ class FaultProxy:
         self.upstream_statuses: Counter[int] = Counter()
         self.proxy_errors: list[str] = []
         self._holes = threading.Event()  # set while black-holing
+        self._answers: dict[tuple[bytes, bytes], tuple[int, str, str]] = {}
+        self._corrupt_left = 0
+        self.corrupted: list[str] = []  # the paths whose body was damaged
         self._server, self._thread = self._serve(0)
         self.port = int(self._server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -143,6 +152,16 @@ class FaultProxy:
                 truncate_in=truncate_in,
             )
             self._bag = []
+
+    def answer_when(self, header: str, value: str, *, status: int, code: str, message: str) -> None:
+        """Answer every request whose ``header`` is ``value`` with this S3 error instead of forwarding it."""
+        with self._lock:
+            self._answers[(header.lower().encode(), value.encode())] = (status, code, message)
+
+    def corrupt_bodies(self, count: int = 1) -> None:
+        """Flip one byte in the middle of the body of each of the next ``count`` PUT requests with a body."""
+        with self._lock:
+            self._corrupt_left = count
 
     def disable(self) -> None:
         """Forward every request from now on."""
@@ -209,6 +228,22 @@ class FaultProxy:
                 return kind, -(1 + int(fraction * 11))  # "HTTP/1.1 200" is 12 bytes: send 1 to 11
             return kind, 1 + int(fraction * 1_000_000)
 
+    def _answer_for(self, headers: dict[bytes, bytes]) -> tuple[int, str, str] | None:
+        with self._lock:
+            for (name, value), answer in self._answers.items():
+                if headers.get(name) == value:
+                    return answer
+        return None
+
+    def _maybe_corrupt(self, method: str, path: str, body: bytes) -> bytes:
+        with self._lock:
+            if method != "PUT" or not body or self._corrupt_left <= 0:
+                return body
+            self._corrupt_left -= 1
+            self.corrupted.append(path)
+        middle = len(body) // 2
+        return body[:middle] + bytes([body[middle] ^ 0x20]) + body[middle + 1 :]
+
     def _upstream_status(self, status: int) -> None:
         with self._lock:
             self.upstream_statuses[status] += 1
@@ -254,6 +289,13 @@ class _Handler(socketserver.BaseRequestHandler):
                 _reset(sock)
                 return
             expect_continue = headers.get(b"expect", b"").lower() == b"100-continue"
+            answer = proxy._answer_for(headers)
+            if answer is not None:
+                if not expect_continue:
+                    _read_body(rfile, headers)
+                sock.sendall(_s3_error(*answer, method=method))
+                _close_gracefully(sock)
+                return
             if kind in _ERRORS:
                 # Like S3: an early answer to an Expect: 100-continue request, whose body is never sent.
                 if not expect_continue:
@@ -263,7 +305,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
             if expect_continue:
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = _read_body(rfile, headers)
+            body = proxy._maybe_corrupt(method.upper(), target.split("?", 1)[0], _read_body(rfile, headers))
             forwarded = [line for line in header_lines if _name(line) not in _HOP_HEADERS]
             head = request_line + b"".join(forwarded) + b"Connection: close\r\n\r\n"
             status, response = _exchange(proxy.upstream, head + body, method)
@@ -350,16 +392,23 @@ def _exchange(upstream: tuple[str, int], request: bytes, method: str) -> tuple[i
 
 def _error_response(kind: str, method: str) -> bytes:
     status, reason, code, message = _ERRORS[kind]
+    return _s3_error(status, code, message, method=method, reason=reason, request_id=f"faultproxy-{kind}")
+
+
+def _s3_error(
+    status: int, code: str, message: str, *, method: str, reason: str = "Error", request_id: str = "faultproxy"
+) -> bytes:
+    """An S3 error answer (the XML body S3 sends, none for HEAD)."""
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f"<Error><Code>{code}</Code><Message>{message}</Message>"
-        f"<RequestId>faultproxy-{kind}</RequestId></Error>"
+        f"<RequestId>{request_id}</RequestId></Error>"
     ).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Content-Type: application/xml\r\n"
         f"Content-Length: {len(body)}\r\n"
-        f"x-amz-request-id: faultproxy-{kind}\r\n"
+        f"x-amz-request-id: {request_id}\r\n"
         "Connection: close\r\n\r\n"
     ).encode()
     return head if method.upper() == "HEAD" else head + body
