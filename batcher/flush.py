@@ -309,6 +309,7 @@ class Flusher:
         if not permanent and failing_ms < budget_ms:
             retry_at_ms = now_ms + min(int(backoff_s(attempts + 1) * 1000), budget_ms - failing_ms)
             self._staging(batch).renew(batch, retry_at_ms)  # the lease becomes the backoff
+            self.lanes.mark_leased(batch.lane, retry_at_ms)  # so that a tick finds it then, not at the lease's end
             log.warning(
                 "s3batch batch %s upload round %d failed (%.0f s of the %.0f s retry budget spent), retrying in "
                 "%.1f s: %s",

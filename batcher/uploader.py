@@ -167,7 +167,10 @@ class Uploader:
 
     def _put(self, bucket: str, key: str, tar: BuiltTar, request: dict[str, Any]) -> str:
         tar.file.seek(0)
-        checksum: dict[str, Any] = {f"Checksum{tar.checksum.algorithm}": tar.checksum.value} if tar.checksum else {}
+        # ChecksumAlgorithm too: S3 wants x-amz-sdk-checksum-algorithm (or Content-MD5) on Object Lock writes
+        checksum: dict[str, Any] = {}
+        if tar.checksum:
+            checksum = {"ChecksumAlgorithm": tar.checksum.algorithm, f"Checksum{tar.checksum.algorithm}": tar.checksum.value}
         response = self.client.put_object(
             **request,
             **checksum,
@@ -206,8 +209,9 @@ class Uploader:
                     part_sums.append(checksums.of(algorithm, chunk))
                     extra = {f"Checksum{algorithm}": part_sums[-1].value}
                 part = self.client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk, **extra
-                )
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk, **extra,
+                    **({"ChecksumAlgorithm": algorithm} if algorithm else {}),
+                )  # fmt: skip
                 parts.append({"PartNumber": number, "ETag": part["ETag"], **extra})  # type: ignore[typeddict-item]
                 del chunk  # one part in memory at a time
                 checkpoints.reached("part-uploaded")
