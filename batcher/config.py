@@ -19,7 +19,7 @@ from typing import Any
 
 from batcher.checksums import ALGORITHMS
 from batcher.errors import ConfigError
-from batcher.uploadargs import combined, parse_args, parse_partition_args, partition_targets
+from batcher.uploadargs import ARCHIVE_STORAGE_CLASSES, combined, parse_args, parse_partition_args, partition_targets
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 VERIFY_MODES = ("auto", "always", "never")
@@ -105,7 +105,7 @@ class Settings:
         ):
             if value not in choices:
                 raise ConfigError(f"{name}={value!r} must be one of {', '.join(choices)}")
-        self.upload_args_for(self.bucket or "", self.prefix)  # the default partition's arguments must go together
+        self._check_upload_args(self.bucket or "", self.prefix)  # the default partition's must go together
         for target in partition_targets(self.partition_upload_args):
             bucket = target.split("/", 1)[0]
             if self.bucket_patterns and not self.allows_bucket(bucket):
@@ -114,7 +114,7 @@ class Settings:
                     f"{','.join(self.bucket_patterns)!r} does not allow bucket {bucket!r}: fix the name or allow it"
                 )
             prefix = target[len(bucket) + 1 :] if "/" in target else self.prefix
-            self.upload_args_for(bucket, prefix)  # ConfigError when the combination is one S3 refuses
+            self._check_upload_args(bucket, prefix)
         if self.redis_url.startswith("sentinel://") and not self.redis_sentinel_master:
             raise ConfigError(
                 f"S3BATCH_REDIS_URL={self.redis_url!r} lists sentinels: set S3BATCH_REDIS_SENTINEL_MASTER to the name "
@@ -130,6 +130,18 @@ class Settings:
     def upload_args_for(self, bucket: str, prefix: str) -> dict[str, Any]:
         """The upload arguments of the partition ``bucket``/``prefix`` (batcher.uploadargs.combined)."""
         return combined(self.upload_args, self.partition_upload_args, bucket, prefix)
+
+    def _check_upload_args(self, bucket: str, prefix: str) -> None:
+        """ConfigError when a partition's upload arguments are a combination S3 refuses, or ask for a read-back
+        that their storage class makes impossible."""
+        storage_class = self.upload_args_for(bucket, prefix).get("StorageClass")
+        if self.verify_uploads == "always" and storage_class in ARCHIVE_STORAGE_CLASSES:
+            raise ConfigError(
+                f"S3BATCH_VERIFY_UPLOADS=always reads every batch back, which S3 refuses for StorageClass "
+                f"{storage_class} (S3BATCH_UPLOAD_ARGS or S3BATCH_PARTITION_UPLOAD_ARGS, s3://{bucket}/{prefix}) until it "
+                "is restored: use auto (S3 itself verifies the "
+                "checksum every upload carries) or a storage class that can be read at once"
+            )
 
     def allows_bucket(self, bucket: str) -> bool:
         """Whether producers may send objects to ``bucket`` (S3BATCH_BUCKETS)."""

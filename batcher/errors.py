@@ -101,6 +101,11 @@ class ReadError(S3BatchError):
     """Raised when an object cannot be read back from its batch."""
 
 
+class BatchArchivedError(ReadError):
+    """Raised when a batch's storage class is an archive one (GLACIER, DEEP_ARCHIVE): S3 serves it only after
+    a restore."""
+
+
 class InvalidRefError(ReadError):
     """Raised when a BatchRef is malformed (missing field, negative offset, bad range)."""
 

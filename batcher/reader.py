@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from batcher.errors import (
+    BatchArchivedError,
     BatchNotFoundError,
     ChecksumMismatchError,
     CorruptedBatchError,
@@ -308,6 +309,13 @@ class BatchReader:
                 raise BatchNotFoundError(f"batch {where} does not exist ({code})") from exc
             if code == "InvalidRange":
                 raise InvalidRefError(f"{byte_range} is outside {where}") from exc
+            if code == "InvalidObjectState":
+                raise BatchArchivedError(
+                    f"{where} is in an archive storage class (S3 Glacier Flexible Retrieval, Deep Archive, or an "
+                    "Intelligent-Tiering archive tier) and must be restored before it can be read: "
+                    f"`aws s3api restore-object --bucket {printable(bucket)} --key {printable(key)} --restore-request "
+                    "Days=7`, then read it again once the restore is done (minutes to hours)"
+                ) from exc
             if code in ("PreconditionFailed", "412"):
                 raise ReadError(f"{where} changed while it was being read (its ETag is no longer {if_match})") from exc
             raise ReadError(f"could not read {byte_range or 'all'} of {where}: {code}") from exc

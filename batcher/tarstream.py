@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError
 
+from batcher import checksums
+from batcher.checksums import Checksum, Stored
 from batcher.errors import ChecksumMismatchError, CorruptedBatchError, InvalidRefError, MemoryLimitError, ReadError
 from batcher.index import (
     FORMAT_VERSION,
@@ -134,6 +136,7 @@ class BatchStream:
         self.bytes_read = 0
         self.total = int(response.get("ContentLength", 0))
         self.metadata: dict[str, str] = dict(response.get("Metadata", {}))
+        self.checksum = _running_checksum(self.metadata)  # the S3 checksum the batch was uploaded with
         self.position = 0  # bytes of the tar consumed by the parser (bytes_read is what arrived)
         self._body: Any = response["Body"]
         self._buffer = b""
@@ -152,13 +155,26 @@ class BatchStream:
             raise ReadError(f"could not read {self.where}: {printable(str(exc), max_chars=300)}") from exc
 
     def check_tar_digest(self) -> None:
-        """Raise ChecksumMismatchError unless the streamed tar has the SHA-256 stored at upload, and
-        CorruptedBatchError when anything but zeros followed the end-of-archive blocks."""
+        """Raise ChecksumMismatchError unless the streamed tar has the SHA-256 and the S3 checksum stored at
+        upload (and the server's own record of that checksum agrees), and CorruptedBatchError when anything
+        but zeros followed the end-of-archive blocks."""
         expected = self.metadata.get(SHA256_METADATA)
         if expected is not None and self.digest.hexdigest() != expected:
             raise ChecksumMismatchError(
                 f"{self.where} has sha256 {self.digest.hexdigest()}, uploaded as {printable(expected, max_chars=80)}"
             )
+        stored = Stored.decode(self.metadata.get(checksums.METADATA))
+        if stored is not None and self.checksum is not None:
+            ours = self.checksum.value
+            server = self.response.get(f"Checksum{stored.algorithm}")  # type: ignore[misc]  # a computed key
+            if ours != stored.value:
+                raise ChecksumMismatchError(
+                    f"{self.where} has {stored.algorithm} {ours}, uploaded as {printable(stored.value, max_chars=80)}"
+                )
+            if isinstance(server, str) and "-" not in server and server != ours:  # "-N": a composite of parts
+                raise ChecksumMismatchError(
+                    f"S3 keeps {stored.algorithm} {server} for {self.where}, its bytes have {ours}"
+                )
         if self._trailing_nonzero is not None:
             raise CorruptedBatchError(
                 f"{self.where} has data at byte {self._trailing_nonzero:,}, after its end-of-archive blocks; "
@@ -295,6 +311,8 @@ class BatchStream:
     def _read_body(self, size: int) -> bytes:
         data: bytes = self._body.read(size)
         self.digest.update(data)
+        if self.checksum is not None:
+            self.checksum.update(data)
         self.bytes_read += len(data)
         if self.progress is not None and data:
             self.progress(self.bytes_read, self.total)
@@ -373,3 +391,9 @@ def _ref(bucket: str, key: str, batch_id: str, etag: str, entry: IndexEntry, whe
         return BatchRef(bucket, key, entry.offset, entry.size, entry.key, batch_id, etag, entry.sha256)
     except InvalidRefError as exc:
         raise CorruptedBatchError(f"{where}: {exc}") from exc
+
+
+def _running_checksum(metadata: dict[str, str]) -> Checksum | None:
+    """A running checksum of the algorithm the batch's metadata names (None for batches written without one)."""
+    stored = Stored.decode(metadata.get(checksums.METADATA))
+    return Checksum(stored.algorithm) if stored is not None else None

@@ -52,6 +52,8 @@ _KMS = ("aws:kms", "aws:kms:dsse")
 _PERIOD = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdy]?)\s*$")
 _PERIOD_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "y": 365 * 86400}
 RETENTION_ARGUMENT = "ObjectLockRetainUntilDate"
+# Storage classes whose objects S3 serves only after a restore (GLACIER_IR is read at once)
+ARCHIVE_STORAGE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
 
 
 @cache

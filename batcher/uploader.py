@@ -10,7 +10,9 @@ Every request carries the tar's checksum (batcher.checksums), which S3 verifies 
 receives. A server that stores whatever arrives without checking (moto does; S3, MinIO and SeaweedFS check)
 is found out once per uploader by a probe with a wrong checksum, and there each batch is read back and
 compared before its callers hear SUCCESS (``verify="auto"``; ``"always"``/``"never"`` to choose). Bytes
-that differ are never reported uploaded: the batch is uploaded again under a new key.
+that differ are never reported uploaded: the batch is uploaded again under a new key. Batches stored in an
+archive class (GLACIER, DEEP_ARCHIVE) cannot be read back before a restore: for them the server's answer
+is all there is (S3 verifies the checksum; Settings refuses ``always`` with such a class).
 
 Transient failures (connection errors, timeouts, 5xx, throttling) are retried
 by botocore's standard retry mode, configured here rather than left to the
@@ -37,7 +39,7 @@ from batcher import checkpoints, checksums
 from batcher.checksums import Checksum
 from batcher.errors import BatchConflictError, PermanentUploadError, StoredBytesDifferError, UploadError
 from batcher.tarwriter import BuiltTar
-from batcher.uploadargs import for_request
+from batcher.uploadargs import ARCHIVE_STORAGE_CLASSES, for_request
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -119,7 +121,7 @@ class Uploader:
         request = for_request(args or {})
         try:
             etag = self._upload(bucket, key, tar, may_exist=may_exist, request=request)
-            if self._must_read_back(bucket, key):
+            if request.get("StorageClass") not in ARCHIVE_STORAGE_CLASSES and self._must_read_back(bucket, key):
                 self._read_back(bucket, key, tar, etag)
             return etag
         except ClientError as exc:
@@ -170,7 +172,10 @@ class Uploader:
         # ChecksumAlgorithm too: S3 wants x-amz-sdk-checksum-algorithm (or Content-MD5) on Object Lock writes
         checksum: dict[str, Any] = {}
         if tar.checksum:
-            checksum = {"ChecksumAlgorithm": tar.checksum.algorithm, f"Checksum{tar.checksum.algorithm}": tar.checksum.value}
+            checksum = {
+                "ChecksumAlgorithm": tar.checksum.algorithm,
+                f"Checksum{tar.checksum.algorithm}": tar.checksum.value,
+            }
         response = self.client.put_object(
             **request,
             **checksum,

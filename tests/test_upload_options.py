@@ -17,7 +17,7 @@ from batcher import BatchReader
 from batcher.checksums import METADATA, Checksum, Stored, composite, of
 from batcher.config import Settings
 from batcher.embedded import S3Server
-from batcher.errors import ConfigError, DeadLetterError
+from batcher.errors import BatchArchivedError, ConfigError, DeadLetterError
 from batcher.flush import Flusher
 from batcher.partitions import Partition
 from batcher.producer import stage_object
@@ -72,11 +72,12 @@ def test_checksums_match_the_published_check_values() -> None:
         ('{"Tagging": "a=1&a=2"}', "1 to 10 tags with different keys"),
         ("[1]", "must be a JSON object of names to values"),
         ("{", "S3BATCH_UPLOAD_ARGS is not valid JSON"),
+        ('{"StorageClass": "DEEP_ARCHIVE"}', "S3BATCH_VERIFY_UPLOADS=always reads every batch back, which S3 refuses"),
     ],
 )
 def test_arguments_batching_cannot_honour_are_refused_with_the_reason(value: str, message: str) -> None:
     with pytest.raises(ConfigError) as refused:
-        Settings.from_env({"S3BATCH_BUCKET": "b", "S3BATCH_UPLOAD_ARGS": value})
+        Settings.from_env({"S3BATCH_BUCKET": "b", "S3BATCH_UPLOAD_ARGS": value, "S3BATCH_VERIFY_UPLOADS": "always"})
     assert "S3BATCH_UPLOAD_ARGS" in str(refused.value) and message in str(refused.value)
 
 
@@ -95,7 +96,7 @@ def test_partition_arguments_win_over_the_deployments_and_name_allowed_buckets()
     tenant = settings.upload_args_for("tenant-a", "logs/")
     assert tenant["SSEKMSKeyId"] == KMS_KEY and tenant["StorageClass"] == "STANDARD_IA"
     assert settings.upload_args_for("tenant-a", "cold/")["StorageClass"] == "GLACIER_IR"
-    with pytest.raises(ConfigError, match="S3BATCH_PARTITION_UPLOAD_ARGS.*'other'.*S3BATCH_BUCKETS"):
+    with pytest.raises(ConfigError, match=r"S3BATCH_PARTITION_UPLOAD_ARGS.*'other'.*S3BATCH_BUCKETS"):
         Settings.from_env({**env, "S3BATCH_PARTITION_UPLOAD_ARGS": '{"other": {"StorageClass": "STANDARD"}}'})
     with pytest.raises(ConfigError, match=r"needs \"ServerSideEncryption\": \"aws:kms\""):
         combined('{"SSEKMSKeyId":"k"}', "{}", "main", "batches/")
@@ -251,6 +252,7 @@ def test_a_refused_kms_key_dead_letters_the_batch_naming_the_key(stack: Stack, p
     flushed, recorder = flush_partitions(
         stack, settings, client, {Partition(bucket, "tenant/"): [b"secret"], Partition(bucket, "other/"): [b"fine"]}
     )
+    assert sorted(batch.error is None for batch in flushed) == [False, True]
     assert len(recorder.refs) == 1 and f"{bucket}/other/0" in recorder.refs  # the other partition is not held up
     error = recorder.failures[f"{bucket}/tenant/0"]
     assert isinstance(error, DeadLetterError)
@@ -280,9 +282,7 @@ def test_a_byte_flipped_on_the_way_to_moto_is_never_reported_uploaded(
         assert BatchReader(stack.s3).get(ref) == bodies[int(record.rsplit("/", 1)[1])]
 
 
-def test_a_byte_flipped_on_the_way_to_seaweedfs_is_refused_by_the_server(
-    stack: Stack, seaweedfs: SeaweedFS
-) -> None:
+def test_a_byte_flipped_on_the_way_to_seaweedfs_is_refused_by_the_server(stack: Stack, seaweedfs: SeaweedFS) -> None:
     client = seaweedfs.client()
     bucket = f"flip-{stack.settings.require_bucket()[-20:]}".lower()
     client.create_bucket(Bucket=bucket)
@@ -304,3 +304,35 @@ def test_a_byte_flipped_on_the_way_to_seaweedfs_is_refused_by_the_server(
     assert len(recorder.refs) == 3 and not recorder.failures and time.monotonic() - started < 10
     for i, body in enumerate(big):
         assert BatchReader(client).get(recorder.refs[f"{bucket}/mpu/{i}"]) == body
+
+
+# ---- reading back ----
+
+
+def test_verify_checks_the_s3_checksum_kept_in_the_metadata(stack: Stack) -> None:
+    bucket = stack.settings.require_bucket()
+    _, recorder = flush_partitions(stack, stack.settings, stack.s3, {Partition(bucket, "v/"): [b"one", b"two"]})
+    ref = recorder.refs[f"{bucket}/v/0"]
+    reader = BatchReader(stack.s3)
+    assert reader.verify(bucket, ref.key).ok
+    head = stack.s3.head_object(Bucket=bucket, Key=ref.key)
+    stored = Stored.decode(head["Metadata"][METADATA])
+    assert stored is not None
+    metadata = {**head["Metadata"], METADATA: Stored(stored.algorithm, of(stored.algorithm, b"other").value).encode()}
+    copy = f"{ref.key}.copy"
+    stack.s3.put_object(Bucket=bucket, Key=copy, Body=stack.tar_bytes(ref.key), Metadata=metadata)
+    check = reader.verify(bucket, copy)
+    assert not check.ok and check.problems == [
+        f"s3://{bucket}/{copy} has CRC64NVME {stored.value}, uploaded as {metadata[METADATA].split(':', 1)[1]}"
+    ]
+
+
+def test_a_batch_in_an_archive_storage_class_names_the_restore_it_needs(stack: Stack) -> None:
+    bucket = stack.settings.require_bucket()
+    # moto does not verify checksums: verify="auto" would read every batch back, but not one in GLACIER
+    settings = dataclasses.replace(stack.settings, upload_args='{"StorageClass":"GLACIER"}', verify_uploads="auto")
+    _, recorder = flush_partitions(stack, settings, stack.s3, {Partition(bucket, "cold/"): [b"frozen"]})
+    ref = recorder.refs[f"{bucket}/cold/0"]
+    assert stack.s3.head_object(Bucket=bucket, Key=ref.key)["StorageClass"] == "GLACIER"
+    with pytest.raises(BatchArchivedError, match=r"must be restored before it can be read: `aws s3api restore-object"):
+        BatchReader(stack.s3).get(ref)
