@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from batcher import operations
 from batcher.config import Settings
-from batcher.cost import cost_table
+from batcher.cost import PRICES, cost_table
 from batcher.errors import InvalidRefError, S3BatchError
 from batcher.extract import MANIFEST_NAME, extract_batch
 from batcher.find import find, parse_since
@@ -97,22 +97,41 @@ def _stats(args: argparse.Namespace) -> int:
 def _cost_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objects", type=int, required=True, help="number of objects")
     parser.add_argument("--size", type=int, required=True, help="bytes per object")
+    parser.add_argument(
+        "--storage-class", default="STANDARD", choices=sorted(PRICES), type=str.upper,
+        help="price requests, storage (with the class's minimum billable size) and lifecycle transitions in this "
+        "class (default STANDARD)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="one JSON object per batch size")
 
 
 def _cost(args: argparse.Namespace) -> int:
-    rows = cost_table(args.objects, args.size)
+    rows = cost_table(args.objects, args.size, storage_class=args.storage_class)
     if args.json:
         for row in rows:
             _print_json(asdict(row))
         return 0
-    print(f"{args.objects:,} objects of {args.size:,} bytes, S3 Standard list prices (PUT $0.005 per 1,000)")
-    print(f"{'objects per PUT':>16}  {'PUT requests':>13}  {'PUT cost':>11}  {'stored GB':>10}  {'storage/month':>13}")
+    price = PRICES[args.storage_class]
+    transitions = price.transition_usd_per_1000 is not None
+    print(
+        f"{args.objects:,} objects of {args.size:,} bytes, S3 {args.storage_class} us-east-1 list prices (PUT "
+        f"${price.put_usd_per_1000:g} per 1,000, ${price.storage_usd_per_gb_month:g} per GB-month"
+        + (f", at least {price.min_billable_bytes // 1024} KiB billed per object" if price.min_billable_bytes else "")
+        + (f", {price.min_days} days minimum" if price.min_days else "")
+        + (f"; lifecycle transition from STANDARD ${price.transition_usd_per_1000:g} per 1,000 objects" if transitions
+           else "")
+        + ")"
+    )  # fmt: skip
+    print(
+        f"{'objects per PUT':>16}  {'PUT requests':>13}  {'PUT cost':>11}  {'stored GB':>10}  {'billed GB':>10}  "
+        f"{'storage/month':>13}" + (f"  {'transition':>11}" if transitions else "")
+    )
     for row in rows:
         label = "1 (naive)" if row.batch_objects == 1 else f"{row.batch_objects:,}"
         print(
-            f"{label:>16}  {row.put_requests:>13,}  ${row.put_usd:>10,.4f}  {row.stored_bytes / 1e9:>10.3f}"
-            f"  ${row.storage_usd_month:>12,.4f}"
+            f"{label:>16}  {row.put_requests:>13,}  ${row.put_usd:>10,.4f}  {row.stored_bytes / 1e9:>10.3f}  "
+            f"{row.billed_bytes / 1e9:>10.3f}  ${row.storage_usd_month:>12,.4f}"
+            + (f"  ${row.transition_usd or 0:>10,.4f}" if transitions else "")
         )
     return 0
 

@@ -138,9 +138,9 @@ class Settings:
         if self.verify_uploads == "always" and storage_class in ARCHIVE_STORAGE_CLASSES:
             raise ConfigError(
                 f"S3BATCH_VERIFY_UPLOADS=always reads every batch back, which S3 refuses for StorageClass "
-                f"{storage_class} (S3BATCH_UPLOAD_ARGS or S3BATCH_PARTITION_UPLOAD_ARGS, s3://{bucket}/{prefix}) until it "
-                "is restored: use auto (S3 itself verifies the "
-                "checksum every upload carries) or a storage class that can be read at once"
+                f"{storage_class} (S3BATCH_UPLOAD_ARGS or S3BATCH_PARTITION_UPLOAD_ARGS, s3://{bucket}/{prefix}) "
+                "until it is restored: use auto (S3 itself verifies the checksum every upload carries) or a storage "
+                "class that can be read at once"
             )
 
     def allows_bucket(self, bucket: str) -> bool:

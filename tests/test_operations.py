@@ -40,6 +40,21 @@ def test_cost_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "1 (naive)" in capsys.readouterr().out
 
 
+def test_cost_in_a_storage_class_bills_the_minimum_size_and_the_transitions(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["cost", "--objects", "1000000", "--size", "1024", "--storage-class", "standard_ia", "--json"]) == 0
+    naive, *_, batched = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert naive["storage_class"] == "STANDARD_IA" and naive["put_usd"] == pytest.approx(10.0)
+    assert naive["billed_bytes"] == 1_000_000 * 128 * 1024  # 128 KiB billed for each 1 KiB object
+    assert naive["transition_usd"] == pytest.approx(10.0) and batched["transition_usd"] == pytest.approx(0.001)
+    assert batched["billed_bytes"] == batched["stored_bytes"]  # a batch is far above the minimum
+    assert main(["cost", "--objects", "10", "--size", "10", "--storage-class", "DEEP_ARCHIVE", "--json"]) == 0
+    archived = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert archived["billed_bytes"] == 10 * (10 + 40 * 1024)  # 32 KiB at the class's rate, 8 KiB at Standard's
+    with pytest.raises(SystemExit):
+        main(["cost", "--objects", "1", "--size", "1", "--storage-class", "GLACIAR"])
+    assert "invalid choice: 'GLACIAR'" in capsys.readouterr().err
+
+
 def test_stats_counts_waiting_and_uploaded(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
