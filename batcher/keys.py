@@ -125,6 +125,17 @@ class IndexKeys:
         return f"{self.namespace}:sweep"
 
     @property
+    def metrics(self) -> str:
+        """HASH of the flushes' counters and histogram buckets, fields ``<partition id>|<name>`` (batcher.metrics).
+        Its hash tag ``{metrics}`` puts it in the slot of ``metrics_lanes``, so one script writes both."""
+        return f"{self.namespace}:{{metrics}}:counters"
+
+    @property
+    def metrics_lanes(self) -> str:
+        """HASH of lane -> what the lane held when a flush last finished one of its batches (batcher.metrics)."""
+        return f"{self.namespace}:{{metrics}}:lanes"
+
+    @property
     def consumers(self) -> str:
         """HASH of worker name -> "<last report ms> <queue>,<queue>..." (batcher.consumers)."""
         return f"{self.namespace}:consumers"
