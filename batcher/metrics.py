@@ -25,6 +25,7 @@ import redis
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from redis.commands.core import Script
 
 from batcher.config import Settings
@@ -278,7 +279,7 @@ def _families(
     )  # fmt: skip
     histograms = {h.name: HistogramMetricFamily(h.name, h.help, labels=LABELS) for h in HISTOGRAMS}
 
-    for partition_id in sorted(set(counters) | set(staged)):
+    for partition_id in sorted(set(partitions) | set(counters) | set(staged)):  # every registered one, zeros too
         partition = partitions.get(partition_id)
         if partition is None:
             continue  # its registration is gone (Redis flushed): nothing to name it by
@@ -301,7 +302,7 @@ def _families(
             buckets, running = [], 0
             for i, bound in enumerate([*histogram.bounds, float("inf")]):
                 running += values.get(f"{histogram.name}:{i}", 0)
-                buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", running))
+                buckets.append((floatToGoString(bound), running))  # "100.0", "+Inf": as prometheus_client writes
             total = values.get(f"{histogram.name}:sum", 0) / histogram.scale
             histograms[histogram.name].add_metric(labels, buckets, total)
     yield from families.values()
