@@ -25,7 +25,6 @@ import redis
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 from redis.commands.core import Script
 
 from batcher.config import Settings
@@ -302,7 +301,7 @@ def _families(
             buckets, running = [], 0
             for i, bound in enumerate([*histogram.bounds, float("inf")]):
                 running += values.get(f"{histogram.name}:{i}", 0)
-                buckets.append((floatToGoString(bound), running))  # "100.0", "+Inf": as prometheus_client writes
+                buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))  # "100.0", as usual
             total = values.get(f"{histogram.name}:sum", 0) / histogram.scale
             histograms[histogram.name].add_metric(labels, buckets, total)
     yield from families.values()

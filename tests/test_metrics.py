@@ -100,7 +100,12 @@ def test_a_flush_records_counters_histograms_and_the_lanes_figures(
     recorder.outcome(partition.lane(0), "retried", None, int(time.time() * 1000))  # loads the script
     sent: list[str] = []
     execute = lanes.client.execute_command
-    monkeypatch.setattr(lanes.client, "execute_command", lambda *a, **k: sent.append(a[0]) or execute(*a, **k))
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        sent.append(args[0])
+        return execute(*args, **kwargs)
+
+    monkeypatch.setattr(lanes.client, "execute_command", counting)
     recorder.outcome(partition.lane(0), "retried", None, int(time.time() * 1000))
     assert sent == ["EVALSHA"]  # one command, one round trip
     monkeypatch.undo()
