@@ -126,14 +126,10 @@ class IndexKeys:
 
     @property
     def metrics(self) -> str:
-        """HASH of the flushes' counters and histogram buckets, fields ``<partition id>|<name>`` (batcher.metrics).
-        Its hash tag ``{metrics}`` puts it in the slot of ``metrics_lanes``, so one script writes both."""
-        return f"{self.namespace}:{{metrics}}:counters"
-
-    @property
-    def metrics_lanes(self) -> str:
-        """HASH of lane -> what the lane held when a flush last finished one of its batches (batcher.metrics)."""
-        return f"{self.namespace}:{{metrics}}:lanes"
+        """HASH of what the flushes did (batcher.metrics): counters and histogram buckets in fields
+        ``<partition id>|<name>``, and in field ``<lane>`` what the lane held when a flush last finished one of its
+        batches. One key, so that one script writes a batch's figures on a Redis Cluster too."""
+        return f"{self.namespace}:metrics"
 
     @property
     def consumers(self) -> str:

@@ -1,8 +1,8 @@
 """Prometheus figures kept in Redis by the flushes, and the collector that reads them at scrape time.
 
-Every worker's flush adds what it did to the same two Redis hashes, so one scrape of one exporter sees the
+Every worker's flush adds what it did to the same Redis hash, so one scrape of one exporter sees the
 whole deployment, however many workers there are and whichever of them did the work. Writing costs one
-script call per finished batch (plus one read of that lane's counters); a scrape costs four commands
+script call per finished batch (plus one read of that lane's counters); a scrape costs three commands
 whatever the number of partitions and lanes (``SCRAPE_COMMANDS``).
 
 What the staging figures mean: objects and bytes staged, batches in flight and dead letters are what the
@@ -33,7 +33,7 @@ from batcher.partitions import Partition, partition_id_of
 
 log = logging.getLogger(__name__)
 
-SCRAPE_COMMANDS = 4  # partitions, counters, lane figures, due index: one pipeline
+SCRAPE_COMMANDS = 3  # partitions, the metrics hash, the due index: one pipeline
 OUTCOMES = ("uploaded", "retried", "dead_lettered", "rekeyed")
 LABELS = ["bucket", "prefix"]
 
@@ -69,14 +69,14 @@ HISTOGRAMS = (BATCH_OBJECTS, BATCH_BYTES, FLUSH_SECONDS, LATENCY_SECONDS)
 
 # Add to the counters of one partition, raise its "latest" fields, and replace a lane's figures unless a newer
 # snapshot is there already (two batches of a lane may finish in either order).
-# KEYS: counters, lane figures   ARGV: lane, figures ('' for none), n, n (field, value) to raise, (field, add)...
+# KEYS: the metrics hash   ARGV: lane, figures ('' for none), n, n (field, value) to raise, (field, add)...
 _RECORD = Script(
     cast(Any, None),
     b"""
 if ARGV[2] ~= '' then
-  local old = redis.call('HGET', KEYS[2], ARGV[1])
+  local old = redis.call('HGET', KEYS[1], ARGV[1])
   if not old or tonumber(string.match(old, '^%d+')) <= tonumber(string.match(ARGV[2], '^%d+')) then
-    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
   end
 end
 local i = 4
@@ -151,7 +151,7 @@ class Recorder:
             if add:
                 args += [f"{partition_id}|{name}", round(add)]
         try:
-            _RECORD(keys=[self.keys.metrics, self.keys.metrics_lanes], args=args, client=self.client)
+            _RECORD(keys=[self.keys.metrics], args=args, client=self.client)
         except redis.RedisError as exc:
             log.warning("s3batch could not record metrics for lane %s: %s", lane, exc)
 
@@ -192,15 +192,17 @@ class S3BatchCollector(Collector):
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.partitions)
         pipe.hgetall(self.keys.metrics)
-        pipe.hgetall(self.keys.metrics_lanes)
         pipe.zrange(self.keys.due, 0, -1, withscores=True)
-        partitions_raw, counters_raw, lanes_raw, due = pipe.execute()
+        partitions_raw, metrics_raw, due = pipe.execute()
         partitions = {k.decode(): Partition.decode(v) for k, v in partitions_raw.items()}
         counters: dict[str, dict[str, int]] = defaultdict(dict)
-        for field, value in counters_raw.items():
-            partition_id, _, name = field.decode().partition("|")
-            counters[partition_id][name] = int(value)
-        lanes = {k.decode(): [int(x) for x in v.split()] for k, v in lanes_raw.items()}
+        lanes: dict[str, list[int]] = {}
+        for field, value in metrics_raw.items():
+            partition_id, bar, name = field.decode().partition("|")
+            if bar:
+                counters[partition_id][name] = int(value)
+            else:  # a lane's figures
+                lanes[partition_id] = [int(x) for x in value.split()]
         return partitions, counters, lanes, due
 
     def _settings_gauges(self) -> Iterator[Metric]:
