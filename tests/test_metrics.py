@@ -293,3 +293,18 @@ def test_a_redis_that_does_not_answer_is_reported_not_raised(stack: Stack) -> No
     samples = parse(scrape_text(client, stack))
     assert value(samples, "s3batch_redis_up") == 0
     client.close()
+
+
+def test_metrics_once_prints_one_scrape(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batcher.cli import main
+    from tests.support import settings_env
+
+    for name, setting in settings_env(stack.settings).items():
+        monkeypatch.setenv(name, setting)
+    assert main(["metrics", "--once"]) == 0
+    samples = parse(capsys.readouterr().out)
+    assert value(samples, "s3batch_redis_up") == 1
+    labels = {"bucket": stack.settings.require_bucket(), "prefix": stack.settings.prefix}
+    assert value(samples, "s3batch_staged_objects", **labels) == 0  # the default partition, registered, empty
