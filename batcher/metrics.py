@@ -198,11 +198,11 @@ class S3BatchCollector(Collector):
         counters: dict[str, dict[str, int]] = defaultdict(dict)
         lanes: dict[str, list[int]] = {}
         for field, value in metrics_raw.items():
-            partition_id, bar, name = field.decode().partition("|")
-            if bar:
-                counters[partition_id][name] = int(value)
+            owner, bar, name = field.decode().partition("|")
+            if bar:  # a partition's counter
+                counters[owner][name] = int(value)
             else:  # a lane's figures
-                lanes[partition_id] = [int(x) for x in value.split()]
+                lanes[owner] = [int(x) for x in value.split()]
         return partitions, counters, lanes, due
 
     def _settings_gauges(self) -> Iterator[Metric]:
