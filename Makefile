@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 .PHONY: demo test test-newest test-fast test-oldest lint typecheck bench bench-quick clean
 
 # The oldest releases pyproject.toml accepts: `make test` runs the end-to-end tests on them too.
-OLDEST := "celery[redis]==5.5.*" "kombu==5.5.*" "redis==5.0.*" "boto3[crt]==1.36.*"
+OLDEST := "celery[redis]==5.5.*" "kombu==5.5.*" "redis==5.0.*" "boto3[crt]==1.36.*" "prometheus-client==0.20.*"
 OLDEST_VENV := .venv-oldest
 E2E_TESTS := tests/test_celery_internals.py tests/test_end_to_end.py tests/test_events.py tests/test_canvas.py \
 	tests/test_client.py tests/test_tasks.py tests/test_guest.py tests/test_no_silent_waits.py \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -335,6 +336,33 @@ def _find(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=9808, help="port to serve /metrics on (default 9808)")
+    parser.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--once", action="store_true", help="print one scrape to stdout and exit instead of serving")
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from batcher import metrics
+
+    settings = Settings.from_env()
+    client = Lanes.for_settings(settings).client
+    if args.once:
+        registry = CollectorRegistry()
+        registry.register(metrics.S3BatchCollector(client, settings))
+        sys.stdout.write(generate_latest(registry).decode())
+        return 0
+    server = metrics.serve(client, settings, args.address, args.port)
+    print(f"s3batch metrics: serving http://{args.address}:{server.server_port}/metrics", file=sys.stderr, flush=True)
+    try:
+        threading.Event().wait()  # the server runs in its own thread until the process is stopped
+    finally:
+        server.shutdown()
+    return 0
+
+
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
 
@@ -346,6 +374,11 @@ COMMANDS = [
             "Gives dead-lettered batches a fresh retry budget; a running worker's next flush uploads them and its "
             "callers' results turn from FAILURE to SUCCESS."),
     Command("stats", "objects waiting, batches in flight, dead letters, lifetime counters", _stats_arguments, _stats),
+    Command("metrics", "serve Prometheus metrics of every partition at /metrics, read from Redis at each scrape",
+            _metrics_arguments, _metrics,
+            "Serves what every worker's flushes recorded in Redis (counters and histograms) and what staging holds, "
+            "per bucket and prefix; one scrape costs the same few Redis commands however many partitions there are. "
+            "README, 'Metrics', lists the names."),
     Command("cost", "PutObject calls and dollars, one per object versus batched", _cost_arguments, _cost),
     Command("ls", "list a batch's objects from its index (one or two ranged GETs)", _ls_arguments, _ls,
             "Prints the batch's facts and a table of its objects: data offset, size, content type, key."),

@@ -21,9 +21,10 @@ from typing import Protocol
 
 from batcher import checkpoints
 from batcher.config import Settings
-from batcher.errors import BatchConflictError, DeadLetterError, PermanentUploadError, UploadError
+from batcher.errors import BatchConflictError, DeadLetterError, PermanentUploadError, StagingError, UploadError
 from batcher.ids import new_batch_id
 from batcher.lanes import SWEEP_EVERY_MS, Lanes
+from batcher.metrics import Recorder, Uploaded
 from batcher.models import BatchRef, ClaimedBatch, StagedObject
 from batcher.partitions import default_partition, lane_index_of
 from batcher.staging import Staging
@@ -98,6 +99,7 @@ class Flusher:
         self.uploader = uploader
         self.results = results
         self.parallel = parallel
+        self.metrics = Recorder(lanes.client, lanes.keys)
 
     def flush(self, *, force: bool = False, max_batches: int | None = None) -> list[FlushedBatch]:
         """Finish abandoned or retrying batches, then close and upload every due batch (every staged one when
@@ -240,8 +242,14 @@ class Flusher:
             self._staging(batch).delete_records(
                 [head.record_id for head in heads] or self._staging(batch).record_ids(batch)
             )
-            self._staging(batch).drop(batch, _now_ms())
+            dropped = self._staging(batch).drop(batch, _now_ms())
         report = self._report(batch, tar_bytes, started, recovered)
+        if dropped:  # only the flush whose drop counted the batch in staging's totals counts it in the metrics
+            uploaded = Uploaded(
+                batch.objects, batch.size_bytes, tar_bytes, self.uploader.requests_for(tar_bytes) if tar_bytes else 1,
+                report.seconds, [head.staged_ms for head in heads],
+            )  # fmt: skip
+            self.metrics.uploaded(batch.lane, uploaded, self._lane_totals(batch), _now_ms())
         log.info(
             "s3batch batch uploaded batch_id=%s objects=%d bytes=%d tar_bytes=%d seconds=%.3f "
             "key=s3://%s/%s recovered=%s",
@@ -268,6 +276,7 @@ class Flusher:
                 if moved is None:
                     raise UploadError(f"batch {batch.batch_id} was taken over while it got a new key") from exc
                 log.warning("s3batch batch %s: %s; uploading it as batch %s instead", batch.batch_id, exc, new_id)
+                self.metrics.outcome(batch.lane, "rekeyed", None, now_ms)
                 holder[0], may_exist = moved, False
         raise BatchConflictError(f"batch {holder[0].batch_id}: {REKEY_ATTEMPTS} keys in a row held other objects")
 
@@ -315,6 +324,7 @@ class Flusher:
                 "%.1f s: %s",
                 batch.batch_id, attempts, failing_ms / 1000, budget_ms / 1000, (retry_at_ms - now_ms) / 1000, exc,
             )  # fmt: skip
+            self.metrics.outcome(batch.lane, "retried", self._lane_totals(batch), _now_ms())
             return self._report(batch, 0, started, recovered, str(exc))
         where = f"batch {batch.batch_id} (s3://{self._bucket(batch)}/{batch.s3_key}, {batch.objects} objects)"
         if permanent:
@@ -333,7 +343,17 @@ class Flusher:
             self.lanes.mark_dead(batch.lane)
             self.results.fail(batch, record_ids, error, {head.record_id: head for head in heads})
             log.error("s3batch %s", error)
+            self.metrics.outcome(batch.lane, "dead_lettered", self._lane_totals(batch), _now_ms())
         return self._report(batch, 0, started, recovered, str(exc))
+
+    def _lane_totals(self, batch: ClaimedBatch) -> dict[str, int] | None:
+        """The lane's figures for the metrics (Staging.totals), or None when Redis does not answer: the flush goes
+        on without them."""
+        try:
+            return self._staging(batch).totals()
+        except StagingError as exc:
+            log.warning("s3batch could not read lane %s for the metrics: %s", batch.lane, exc)
+            return None
 
     def _report(
         self, batch: ClaimedBatch, tar_bytes: int, started: float, recovered: bool, error: str | None = None

@@ -125,6 +125,13 @@ class IndexKeys:
         return f"{self.namespace}:sweep"
 
     @property
+    def metrics(self) -> str:
+        """HASH of what the flushes did (batcher.metrics): counters and histogram buckets in fields
+        ``<partition id>|<name>``, and in field ``<lane>`` what the lane held when a flush last finished one of its
+        batches. One key, so that one script writes a batch's figures on a Redis Cluster too."""
+        return f"{self.namespace}:metrics"
+
+    @property
     def consumers(self) -> str:
         """HASH of worker name -> "<last report ms> <queue>,<queue>..." (batcher.consumers)."""
         return f"{self.namespace}:consumers"

@@ -60,7 +60,7 @@ SAMPLE_SECRETS = {
 }
 WORKER_POLICY_NAME = "s3batch-worker"
 WORKER_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"]  # README, "Minimal IAM policy"
-REDIS_CLIENTS = ("worker", "beat", "flower")
+REDIS_CLIENTS = ("worker", "beat", "flower", "metrics")
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 _EXACT_TAG = re.compile(r"^(\d+\.\d+\.\d+([-.][\w.-]+)?|RELEASE\.\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}Z)$")
 
@@ -317,7 +317,7 @@ def check_redis_clients(deployment: Deployment) -> None:
 
 
 def check_worker_identity(deployment: Deployment) -> None:
-    """Workers use their own MinIO user (created by minio-init), never root; beat and Flower get no S3 keys."""
+    """Workers use their own MinIO user (created by minio-init), never root; beat, Flower and metrics get no S3 keys."""
     minio, init = environment(deployment.service("minio")), environment(deployment.service("minio-init"))
     worker = environment(deployment.service("worker"))
     endpoint = worker.get("AWS_ENDPOINT_URL_S3") or worker.get("AWS_ENDPOINT_URL", "")
@@ -333,7 +333,7 @@ def check_worker_identity(deployment: Deployment) -> None:
         name for name, service in deployment.services.items() if root_password in json.dumps(service, sort_keys=True)
     )
     assert holders == ["minio", "minio-init"], f"MinIO's root password reaches {holders}"
-    for name in ("beat", "flower"):
+    for name in ("beat", "flower", "metrics"):
         keys = {k for k in environment(deployment.service(name)) if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
         assert not keys, f"{name} never touches S3 but gets {sorted(keys)}"
 

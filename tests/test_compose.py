@@ -29,7 +29,7 @@ from batcher.config import VARIABLES
 from tests import composefile as cf
 from tests.composefile import Deployment
 
-SERVICES = ("redis", "minio", "minio-init", "worker", "beat", "flower")
+SERVICES = ("redis", "minio", "minio-init", "worker", "beat", "flower", "metrics")
 # The only AWS_* names the deployment may use: boto3 reads these itself (DESIGN.md: never invent one).
 BOTO3_VARIABLES = {
     "AWS_ENDPOINT_URL",
@@ -388,6 +388,18 @@ def test_there_is_exactly_one_beat(services: dict[str, Any]) -> None:
     assert beat.get("deploy", {}).get("replicas", 1) == 1
     others = [name for name, svc in services.items() if name != "beat" and _runs_beat(cf.command(svc))]
     assert not others, f"only the beat service may run beat, not {others}"
+
+
+def test_metrics_serves_the_exporter_on_loopback_with_the_workers_settings(services: dict[str, Any]) -> None:
+    metrics = services["metrics"]
+    args = cf.command(metrics)
+    assert args[:2] == ["s3batch", "metrics"] and cf.option(args, "--port") == "9808", args
+    assert cf.published(metrics) == [("127.0.0.1", "9808")], cf.published(metrics)
+    worker = cf.client_environment(services["worker"])
+    mine = cf.client_environment(metrics)
+    assert {k: v for k, v in mine.items() if k.startswith("S3BATCH_")} == {
+        k: v for k, v in worker.items() if k.startswith("S3BATCH_")
+    }  # the same caps and ages as the workers, for the alert rules
 
 
 def test_flower_is_built_with_flower_installed(services: dict[str, Any]) -> None:
