@@ -166,7 +166,7 @@ class BatchStream:
         stored = Stored.decode(self.metadata.get(checksums.METADATA))
         if stored is not None and self.checksum is not None:
             ours = self.checksum.value
-            server = self.response.get(f"Checksum{stored.algorithm}")  # type: ignore[misc]  # a computed key
+            server = self.response.get(f"Checksum{stored.algorithm}")
             if ours != stored.value:
                 raise ChecksumMismatchError(
                     f"{self.where} has {stored.algorithm} {ours}, uploaded as {printable(stored.value, max_chars=80)}"

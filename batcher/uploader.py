@@ -210,13 +210,14 @@ class Uploader:
             number = 1
             while chunk := tar.file.read(self.part_bytes):
                 extra: dict[str, Any] = {}
+                sent: dict[str, Any] = {}
                 if algorithm:
                     part_sums.append(checksums.of(algorithm, chunk))
                     extra = {f"Checksum{algorithm}": part_sums[-1].value}
+                    sent = {"ChecksumAlgorithm": algorithm, **extra}
                 part = self.client.upload_part(
-                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk, **extra,
-                    **({"ChecksumAlgorithm": algorithm} if algorithm else {}),
-                )  # fmt: skip
+                    Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk, **sent
+                )
                 parts.append({"PartNumber": number, "ETag": part["ETag"], **extra})  # type: ignore[typeddict-item]
                 del chunk  # one part in memory at a time
                 checkpoints.reached("part-uploaded")

@@ -197,8 +197,8 @@ def test_options_reach_moto_per_partition_on_single_and_multipart_uploads(stack:
         else:
             lock_mode, until = answer["ObjectLockMode"], answer["ObjectLockRetainUntilDate"]
         assert lock_mode == "GOVERNANCE" and 1.99 < (until - answer["LastModified"]).total_seconds() / 86400 < 2.01
-    for record, ref in recorder.refs.items():  # and every object reads back as staged
-        partition_prefix, index = record.rsplit("/", 1)
+    for record_id, ref in recorder.refs.items():  # and every object reads back as staged
+        partition_prefix, index = record_id.rsplit("/", 1)
         expected = [body for p, b in bodies.items() for body in b if f"{p.bucket}/{p.prefix}" == f"{partition_prefix}/"]
         if expected:
             assert BatchReader(stack.s3).get(ref) == expected[int(index)]
