@@ -3,9 +3,10 @@
 Two streams of COUNT objects each, sent over about SECONDS: ``direct/NNNNN`` staged in order with
 ``Batcher.put_objects`` (a chunk at a time), and ``task/NNNNN`` sent with ``put_object.delay()``. Each accepted
 object's id is appended to ``OUT/<stream>.ids`` as soon as it is accepted (one line per object, in send order),
-so that the test knows what was accepted even if this process dies; then every result is awaited with s3batch's
-own bulk wait (which sends a message the broker lost again, with its task id) and the refs are written to
-``OUT/<stream>.refs`` (JSON lines ``{"id": ..., "ref": ...}``). Configured by the environment, as any producer.
+so that the test knows what was accepted even if this process dies; then all results are awaited at once with
+s3batch's own bulk wait (which sends a message the broker lost again, with its task id), for at most
+RESULTS_WITHIN_S, and the refs are written to ``OUT/<stream>.refs`` (JSON lines ``{"id": ..., "ref": ...}``).
+Configured by the environment, as any producer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 CHUNK = 50
+# Every result within this long after the last send: a stuck batch fails the run instead of waiting for minutes.
+RESULTS_WITHIN_S = 45
 
 
 def body_of(stream: str, i: int) -> bytes:
@@ -72,6 +75,7 @@ def main(argv: list[str]) -> int:
     from workers.bulkwait import BulkResultSet
 
     out, count, seconds = Path(argv[0]), int(argv[1]), float(argv[2])
+    began = time.monotonic()
     handles: dict[str, list[Any]] = {"direct": [], "task": []}
     senders = [
         threading.Thread(target=send_direct, args=(out, count, seconds, handles["direct"])),
@@ -81,13 +85,15 @@ def main(argv: list[str]) -> int:
         sender.start()
     for sender in senders:
         sender.join()
-    (out / "sent").write_text(f"{time.time()}\n")
+    sent = time.monotonic()
+    everything = handles["direct"] + handles["task"]
+    values = BulkResultSet(everything, app=app).join_native(timeout=RESULTS_WITHIN_S)
+    refs = {r.id: value for r, value in zip(everything, values, strict=True)}
+    timing = {"sending_s": sent - began, "results_after_last_send_s": time.monotonic() - sent}
+    (out / "timing.json").write_text(json.dumps(timing))
     for stream, results in handles.items():
-        refs = BulkResultSet(results, app=app).join_native(timeout=150)
-        with open(out / f"{stream}.refs", "w") as file:
-            file.write(
-                "".join(json.dumps({"id": r.id, "ref": ref}) + "\n" for r, ref in zip(results, refs, strict=True))
-            )
+        lines = [json.dumps({"id": r.id, "ref": refs[r.id]}) + "\n" for r in results]
+        (out / f"{stream}.refs").write_text("".join(lines))
     return 0
 
 

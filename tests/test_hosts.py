@@ -1,7 +1,8 @@
 """Several hosts (network namespaces): Redis, the S3 server, a beat, two workers and a producer each on a host of
 their own. One worker's link is cut in the middle of a flush and restored later, the other is SIGKILLed and
-replaced by a worker whose wall clock is minutes ahead. Nothing is lost, nothing is in two tars, no tar is
-overwritten, batch ids are unique, and one producer's staging order is kept in the batches.
+replaced by a worker whose wall clock is minutes behind. Nothing is lost, nothing is in two tars, no tar is
+overwritten, batch ids are unique, one producer's staging order is kept in the batches, and no lease is taken
+over before it ends by the staging Redis's clock (batcher.clock).
 """
 
 from __future__ import annotations
@@ -49,7 +50,13 @@ BUCKET = "hosts"
 PER_STREAM = 1500  # objects per producer stream (two streams)
 SEND_SECONDS = 14.0
 CUT_SECONDS = 10.0
-CLOCK_SHIFT = "+3m"
+# Behind, not ahead: a worker whose clock is ahead of beat's by more than a tick's expiry (5 s) drops every tick as
+# expired (Celery compares the message's absolute `expires` with the worker's own clock), so it would flush only
+# by chance during the cut (measured: the cut batch waited 14 s, until the cut worker came back). Behind, it takes
+# ticks, and before batcher.clock it saw the cut worker's lease as live for 2 more minutes.
+CLOCK_SHIFT = "-2m"
+CUT_AT = "tar-built:3:sleep"  # tests/crashhooks.py: pause 3 s the 3rd time a flush of the worker gets there
+KILL_AT = "uploaded:1:sleep"
 SETTINGS = {
     "S3BATCH_BUCKET": BUCKET,
     "S3BATCH_MAX_BATCH_AGE": "1",
@@ -138,34 +145,57 @@ def s3_client(env: dict[str, str]) -> S3Client:
 
 
 class TakeoverWatch:
-    """Polls the batches that were leased at a moment, and notes when each is taken over or gone."""
+    """Polls the batches leased at a moment, and notes when each is taken over (again, if it already was) or gone
+    (seconds after that moment)."""
 
     def __init__(self, staging: Staging, started: float) -> None:
         self.staging = staging
         self.started = started
-        self.batch_ids = [item.decode() for item in staging.client.zrange(staging.keys.leases, 0, -1)]
+        client, keys = staging.client, staging.keys
+        self.batch_ids = [item.decode() for item in client.zrange(keys.leases, 0, -1)]
+        pipe = client.pipeline(transaction=True)
+        for batch_id in self.batch_ids:
+            pipe.hget(keys.batch(batch_id), "takeovers")
+        self._takeovers = {batch_id: int(n or 0) for batch_id, n in zip(self.batch_ids, pipe.execute(), strict=True)}
         self.taken_after_s: dict[str, float] = {}
         self.gone_after_s: dict[str, float] = {}
+        self.lease_ends_ms: dict[str, float] = {}  # the last lease end seen before a takeover (Redis time)
+        self.seen_taken_ms: dict[str, float] = {}  # Redis time when a takeover (or the end) was first seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        client, keys = self.staging.client, self.staging.keys
         while not self._stop.is_set() and len(self.gone_after_s) < len(self.batch_ids):
             for batch_id in self.batch_ids:
                 if batch_id in self.gone_after_s:
                     continue
                 with contextlib.suppress(redis.RedisError):
-                    takeovers = self.staging.client.hget(self.staging.keys.batch(batch_id), "takeovers")
-                    exists = self.staging.client.exists(self.staging.keys.batch(batch_id))
+                    pipe = client.pipeline(transaction=True)  # one moment: the lease, the batch and Redis's clock
+                    pipe.zscore(keys.leases, batch_id).hget(keys.batch(batch_id), "takeovers")
+                    pipe.exists(keys.batch(batch_id)).time()
+                    lease_ends, takeovers, exists, (seconds, microseconds) = pipe.execute()
                     now = time.monotonic() - self.started
-                    if takeovers and batch_id not in self.taken_after_s:
+                    taken = int(takeovers or 0) > self._takeovers[batch_id]
+                    if not taken and lease_ends is not None:
+                        self.lease_ends_ms[batch_id] = lease_ends
+                    redis_ms = seconds * 1000 + microseconds / 1000
+                    if taken and batch_id not in self.taken_after_s:
                         self.taken_after_s[batch_id] = now
+                        self.seen_taken_ms[batch_id] = redis_ms
                     if not exists:
                         self.gone_after_s[batch_id] = now
+                        self.seen_taken_ms.setdefault(batch_id, redis_ms)  # a takeover too quick to be seen
             self._stop.wait(0.05)
 
+    def early_ms(self, batch_id: str) -> float:
+        """By how much ``batch_id`` was taken over before the end of its lease as last seen (Redis time; > 0: a
+        live lease was taken over). Seen after the takeover, so never more than the truth."""
+        return self.lease_ends_ms.get(batch_id, 0) - self.seen_taken_ms.get(batch_id, 0)
+
     def stop(self) -> None:
+        """Stop polling (again: no-op)."""
         self._stop.set()
         self._thread.join()
 
@@ -182,21 +212,23 @@ def uploads(log: str) -> list[tuple[str, bool]]:
 
 def test_several_hosts_cut_kill_and_a_shifted_clock(tmp_path: Path) -> None:
     began = time.monotonic()
-    with cluster(tmp_path) as c:
+    with cluster(tmp_path) as c, contextlib.ExitStack() as cleanup:
         hosts, env = c.hosts, c.env
         s3 = s3_client(env)
+        cleanup.callback(s3.close)
         s3.create_bucket(Bucket=BUCKET)
         s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
         settings = Settings.from_env(env)
         lanes = Lanes(connect(env["S3BATCH_REDIS_URL"]), settings)
+        cleanup.callback(lanes.client.close)
         staging = lanes.default_lane()
         beat = hosts.popen("beat", [sys.executable, "-m", "celery", "-A", "workers.app", "beat", "--loglevel=INFO",
                                     "-s", str(tmp_path / "beat-schedule")], env=env, label="beat")  # fmt: skip
-        # worker1 pauses 3 s after building the tar of its 3rd batch: its link is cut right there.
-        c.start_worker(
-            "worker1", "w1", S3BATCH_CELERY_CONFIG="tests.crash_config", S3BATCH_CRASH_AT="tar-built:3:sleep"
-        )
-        c.start_worker("worker2", "w2")
+        # Each worker pauses 3 s at a point of a flush (tests/crashhooks.py); the test acts right there: worker1's
+        # link is cut once the tar of its 3rd batch is built (before its upload), worker2 is SIGKILLed once its
+        # first batch is in S3 (before any result is published).
+        c.start_worker("worker1", "w1", S3BATCH_CELERY_CONFIG="tests.crash_config", S3BATCH_CRASH_AT=CUT_AT)
+        c.start_worker("worker2", "w2", S3BATCH_CELERY_CONFIG="tests.crash_config", S3BATCH_CRASH_AT=KILL_AT)
         c.wait_ready("w1")
         c.wait_ready("w2")
         ready_s = time.monotonic() - began
@@ -209,30 +241,39 @@ def test_several_hosts_cut_kill_and_a_shifted_clock(tmp_path: Path) -> None:
         )  # fmt: skip
         produce_began = time.monotonic()
 
-        wait_until(
-            lambda: "S3BATCH_CRASH_AT=tar-built:3:sleep reached" in c.log("w1"),
-            what="worker1 in the middle of a flush", timeout_s=40, processes=[c.workers["w1"], producer],
-        )  # fmt: skip
-        hosts.cut("worker1")
-        cut_at = time.monotonic()
-        cut_watch = TakeoverWatch(staging, cut_at)
-
-        time.sleep(1.5)
-        kill_watch = TakeoverWatch(staging, time.monotonic())
-        killed_at = time.monotonic()
-        c.workers["w2"].kill()  # SIGKILL to its process group, by PID
-        c.start_worker("worker2", "w3", **faketime_env(CLOCK_SHIFT))  # the replacement, its clock minutes ahead
+        cut_watch: TakeoverWatch | None = None
+        kill_watch: TakeoverWatch | None = None
+        replaced_s: float | None = None
+        deadline = time.monotonic() + 40
+        while cut_watch is None or kill_watch is None:  # in whichever order the two points are reached
+            assert time.monotonic() < deadline, f"not reached: {CUT_AT} on worker1 or {KILL_AT} on worker2"
+            assert producer.alive(), producer.log_path.read_text()
+            if cut_watch is None and f"S3BATCH_CRASH_AT={CUT_AT} reached" in c.log("w1"):
+                cut_watch = TakeoverWatch(staging, time.monotonic())
+                cleanup.callback(cut_watch.stop)
+                hosts.cut("worker1")
+            if kill_watch is None and f"S3BATCH_CRASH_AT={KILL_AT} reached" in c.log("w2"):
+                kill_watch = TakeoverWatch(staging, time.monotonic())
+                cleanup.callback(kill_watch.stop)
+                c.workers["w2"].kill()  # SIGKILL to its process group, by PID
+                # The replacement, its wall clock minutes ahead; it gets ready while the loop goes on.
+                c.start_worker("worker2", "w3", **faketime_env(CLOCK_SHIFT))
+            if kill_watch is not None and replaced_s is None and " ready." in c.log("w3"):
+                replaced_s = time.monotonic() - kill_watch.started
+            time.sleep(0.01)
+        cut_at, killed_at = cut_watch.started, kill_watch.started
         c.wait_ready("w3")
-        replaced_s = time.monotonic() - killed_at
+        replaced_s = replaced_s or time.monotonic() - killed_at
 
         time.sleep(max(0.0, cut_at + CUT_SECONDS - time.monotonic()))
         hosts.restore("worker1")
         restored_at = time.monotonic()
 
-        wait_until(lambda: not producer.alive(), what="the producer to get every result", timeout_s=200,
+        wait_until(lambda: not producer.alive(), what="the producer to get every result", timeout_s=120,
                    log=producer.log_path)  # fmt: skip
         assert producer.process.wait(timeout=10) == 0, producer.log_path.read_text()
         results_s = time.monotonic() - produce_began
+        timing = json.loads((out / "timing.json").read_text())
         wait_until(lambda: _settled(staging), what="staging to be empty", timeout_s=60)
         cut_watch.stop()
         kill_watch.stop()
@@ -245,8 +286,6 @@ def test_several_hosts_cut_kill_and_a_shifted_clock(tmp_path: Path) -> None:
         refs = {stream: _refs(out / f"{stream}.refs") for stream in ("direct", "task")}
         checked = check_bucket(s3, accepted, refs)
         totals = staging.totals()
-        lanes.client.close()
-        s3.close()
 
     recovered = {batch_id for log in logs.values() for batch_id, was in uploads(log) if was}
     leased_then = set(cut_watch.batch_ids) | set(kill_watch.batch_ids)
@@ -255,17 +294,22 @@ def test_several_hosts_cut_kill_and_a_shifted_clock(tmp_path: Path) -> None:
         f"\nseveral hosts: {sum(len(ids) for ids in accepted.values())} objects accepted "
         f"({PER_STREAM} Batcher, {PER_STREAM} delay()), all SUCCESS once, byte-exact; {checked['tars']} tars, "
         f"{checked['versions']} S3 versions; hosts and services ready in {ready_s:.1f} s; "
-        f"worker1 cut for {restored_at - cut_at:.1f} s with {len(cut_watch.batch_ids)} batches leased "
-        f"(taken over after {_seconds(cut_watch.taken_after_s)} s, gone after {_seconds(cut_watch.gone_after_s)} s); "
-        f"worker2 SIGKILLed with {len(kill_watch.batch_ids)} leased (taken over after "
-        f"{_seconds(kill_watch.taken_after_s)} s), replacement with clock {CLOCK_SHIFT} ready in {replaced_s:.1f} s; "
+        f"worker1 cut for {restored_at - cut_at:.1f} s, {_held(cut_watch, recovered)}; "
+        f"worker2 SIGKILLed {killed_at - cut_at:+.1f} s after the cut, {_held(kill_watch, recovered)}; "
+        f"replacement with clock {CLOCK_SHIFT} ready {replaced_s:.1f} s after the kill; "
         f"{len(recovered)} batches uploaded by a takeover, {len(stolen)} of them live leases; "
-        f"w1 lost a lease: {'lost the lease' in logs['w1'] or 'taken over meanwhile' in logs['w1']}; "
-        f"every result after {results_s:.1f} s; lifetime counters {_counters(totals)}; "
+        f"sending took {timing['sending_s']:.1f} s, every result {timing['results_after_last_send_s']:.1f} s after "
+        f"the last send ({results_s:.1f} s after the producer started); lifetime counters {_counters(totals)}; "
         f"whole test {time.monotonic() - began:.1f} s"
     )
-    assert cut_watch.batch_ids and set(cut_watch.gone_after_s) == set(cut_watch.batch_ids)
-    assert cut_watch.taken_after_s, "the cut worker's batch was not taken over"
+    for watch in (cut_watch, kill_watch):  # the batch the worker held when cut or killed, and any other then
+        assert watch.batch_ids and set(watch.gone_after_s) == set(watch.batch_ids)
+        taken = [batch_id for batch_id in watch.batch_ids if batch_id in recovered]
+        assert taken, "the cut or killed worker's batch was not taken over"
+        assert max(watch.gone_after_s[b] for b in taken) < CUT_SECONDS, "a batch waited for the cut worker"
+        early = {batch_id: watch.early_ms(batch_id) for batch_id in taken if watch.early_ms(batch_id) > 0}
+        assert not early, f"taken over this many ms before their lease ended (by Redis's clock): {early}"
+    assert "lost the lease" in logs["w1"] or "taken over meanwhile" in logs["w1"], "worker1 was not cut mid-flush"
     assert not stolen, f"batches taken over while their holder was alive and renewing: {sorted(stolen)}"
     assert totals["dead_letters"] == 0 and totals["batches_in_flight"] == 0 and totals["staged_bytes"] == 0
 
@@ -280,8 +324,15 @@ def _refs(path: Path) -> dict[str, BatchRef]:
     return {row["id"]: BatchRef.from_dict(row["ref"]) for row in rows}
 
 
-def _seconds(values: dict[str, float]) -> str:
-    return ", ".join(f"{v:.1f}" for v in sorted(values.values())) or "-"
+def _held(watch: TakeoverWatch, recovered: set[str]) -> str:
+    """The batches leased at ``watch``'s moment (any worker's), and when those taken over were finished."""
+    taken = [batch_id for batch_id in watch.batch_ids if batch_id in recovered]
+    gone = ", ".join(f"{watch.gone_after_s[b]:.1f}" for b in taken if b in watch.gone_after_s) or "-"
+    margin = ", ".join(f"{-watch.early_ms(b) / 1000:.1f}" for b in taken if b in watch.lease_ends_ms) or "-"
+    return (
+        f"{len(watch.batch_ids)} batches leased then, {len(taken)} finished by a takeover after {gone} s "
+        f"({margin} s after its lease ended)"
+    )
 
 
 def _counters(totals: dict[str, int]) -> dict[str, int]:
