@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from batcher import checkpoints
+from batcher.clock import ServerClock
 from batcher.config import Settings
 from batcher.errors import BatchConflictError, DeadLetterError, PermanentUploadError, StagingError, UploadError
 from batcher.ids import new_batch_id
@@ -100,6 +101,8 @@ class Flusher:
         self.results = results
         self.parallel = parallel
         self.metrics = Recorder(lanes.client, lanes.keys)
+        # Leases and ages are compared across hosts: one clock for all, the staging Redis's (batcher.clock).
+        self.clock = ServerClock(lanes.client)
 
     def flush(self, *, force: bool = False, max_batches: int | None = None) -> list[FlushedBatch]:
         """Finish abandoned or retrying batches, then close and upload every due batch (every staged one when
@@ -110,9 +113,10 @@ class Flusher:
         batch's tar is built while the previous one uploads and publishes; a batch is claimed only when a slot
         is free for it, and one of ALONE_BYTES or more is flushed alone.
         """
+        self.clock.sample()
         self._revive_when_s3_answers()
         if self.lanes.take_turn(self.lanes.keys.sweep, SWEEP_EVERY_MS):
-            self.lanes.sweep(_now_ms())
+            self.lanes.sweep(self._now_ms())
         done: list[FlushedBatch] = []
         running: set[Future[FlushedBatch]] = set()
 
@@ -135,16 +139,16 @@ class Flusher:
                     make_room(0)
 
             try:
-                for lane, seen in self.lanes.leased(_now_ms()):
+                for lane, seen in self.lanes.leased(self._now_ms()):
                     staging = self.lanes.staging(lane)
-                    for batch_id in staging.expired(_now_ms()):
+                    for batch_id in staging.expired(self._now_ms()):
                         make_room(self.parallel - 1)
-                        taken = staging.take_over(batch_id, _now_ms())
+                        taken = staging.take_over(batch_id, self._now_ms())
                         if taken is not None:
                             start(taken, recovered=True)
                     self.lanes.settle_leased(lane, seen)
                 for _ in range(1 if force else MAX_DUE_PAGES):  # a page of due lanes at a time, the oldest first
-                    due = [(lane, 0.0) for lane in self.lanes.all()] if force else self.lanes.due(_now_ms())
+                    due = [(lane, 0.0) for lane in self.lanes.all()] if force else self.lanes.due(self._now_ms())
                     for lane, seen in due:
                         score = 0
                         while room_for_more():
@@ -166,7 +170,7 @@ class Flusher:
         return self._claim(lane or default_partition(self.settings).lane(0), force=force)[0]
 
     def _claim(self, lane: str, *, force: bool) -> tuple[ClaimedBatch | None, int]:
-        now_ms = _now_ms()
+        now_ms = self._now_ms()
         batch_id = f"{new_batch_id(now_ms)}-{lane_index_of(lane)}"  # which lane of its partition, in its key too
         s3_key = batch_key(self.lanes.partition_of(lane).prefix, batch_id, now_ms)
         claimed, score = self.lanes.staging(lane).claim(now_ms=now_ms, batch_id=batch_id, s3_key=s3_key, force=force)
@@ -187,7 +191,7 @@ class Flusher:
         if not self.lanes.take_turn(self.lanes.keys.probe, PROBE_INTERVAL_MS):
             return
         answers: dict[str, bool] = {}  # by bucket
-        now_ms = _now_ms()
+        now_ms = self._now_ms()
         revived = 0
         for lane in self.lanes.dead():
             staging, partition = self.lanes.staging(lane), self.lanes.partition_of(lane)
@@ -242,14 +246,14 @@ class Flusher:
             self._staging(batch).delete_records(
                 [head.record_id for head in heads] or self._staging(batch).record_ids(batch)
             )
-            dropped = self._staging(batch).drop(batch, _now_ms())
+            dropped = self._staging(batch).drop(batch, self._now_ms())
         report = self._report(batch, tar_bytes, started, recovered)
         if dropped:  # only the flush whose drop counted the batch in staging's totals counts it in the metrics
             uploaded = Uploaded(
                 batch.objects, batch.size_bytes, tar_bytes, self.uploader.requests_for(tar_bytes) if tar_bytes else 1,
                 report.seconds, [head.staged_ms for head in heads],
             )  # fmt: skip
-            self.metrics.uploaded(batch.lane, uploaded, self._lane_totals(batch), _now_ms())
+            self.metrics.uploaded(batch.lane, uploaded, self._lane_totals(batch), self._now_ms())
         log.info(
             "s3batch batch uploaded batch_id=%s objects=%d bytes=%d tar_bytes=%d seconds=%.3f "
             "key=s3://%s/%s recovered=%s",
@@ -269,7 +273,7 @@ class Flusher:
             try:
                 return self._upload(batch, heads, may_exist=may_exist)
             except BatchConflictError as exc:
-                now_ms = _now_ms()
+                now_ms = self._now_ms()
                 new_id = f"{new_batch_id(now_ms)}-{lane_index_of(batch.lane)}"
                 prefix = self.lanes.partition_of(batch.lane).prefix
                 moved = self._staging(batch).rekey(batch, new_id, batch_key(prefix, new_id, now_ms), now_ms)
@@ -308,7 +312,7 @@ class Flusher:
     ) -> FlushedBatch:
         """Back off and try again later while the retry budget (in time) lasts; then, or at once for a refusal
         that retrying cannot fix, dead-letter the batch and tell its callers why."""
-        now_ms = _now_ms()
+        now_ms = self._now_ms()
         attempts, first_failed_ms = self._staging(batch).record_failure(batch, str(exc), now_ms)
         if attempts < 0:
             return self._report(batch, 0, started, recovered, str(exc))
@@ -324,7 +328,7 @@ class Flusher:
                 "%.1f s: %s",
                 batch.batch_id, attempts, failing_ms / 1000, budget_ms / 1000, (retry_at_ms - now_ms) / 1000, exc,
             )  # fmt: skip
-            self.metrics.outcome(batch.lane, "retried", self._lane_totals(batch), _now_ms())
+            self.metrics.outcome(batch.lane, "retried", self._lane_totals(batch), self._now_ms())
             return self._report(batch, 0, started, recovered, str(exc))
         where = f"batch {batch.batch_id} (s3://{self._bucket(batch)}/{batch.s3_key}, {batch.objects} objects)"
         if permanent:
@@ -343,7 +347,7 @@ class Flusher:
             self.lanes.mark_dead(batch.lane)
             self.results.fail(batch, record_ids, error, {head.record_id: head for head in heads})
             log.error("s3batch %s", error)
-            self.metrics.outcome(batch.lane, "dead_lettered", self._lane_totals(batch), _now_ms())
+            self.metrics.outcome(batch.lane, "dead_lettered", self._lane_totals(batch), self._now_ms())
         return self._report(batch, 0, started, recovered, str(exc))
 
     def _lane_totals(self, batch: ClaimedBatch) -> dict[str, int] | None:
@@ -363,6 +367,9 @@ class Flusher:
             time.monotonic() - started, recovered, error,
         )  # fmt: skip
 
+    def _now_ms(self) -> int:
+        return self.clock.now_ms()
+
     @contextmanager
     def _lease(self, holder: list[ClaimedBatch]) -> Iterator[None]:
         """Renew the lease of the batch in ``holder`` (which a new key may replace) while the block runs."""
@@ -373,7 +380,7 @@ class Flusher:
             while not stop.wait(lease_ms / 3000):
                 batch = holder[0]
                 try:
-                    if not self._staging(batch).renew(batch, _now_ms() + lease_ms):
+                    if not self._staging(batch).renew(batch, self._now_ms() + lease_ms):
                         if holder[0] is not batch:
                             continue  # it got a new key meanwhile: renew that one
                         log.warning("s3batch lost the lease on batch %s", batch.batch_id)
@@ -388,7 +395,3 @@ class Flusher:
         finally:
             stop.set()
             thread.join()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -39,14 +39,18 @@ for i = 1, n do
 end
 
 -- Staging times never go backwards along the queue (two producers' clocks may disagree slightly), so
--- that the mtimes in a batch follow its member order.
+-- that the mtimes in a batch follow its member order; and never lie ahead of this server's clock, which
+-- every flush judges ages by (batcher.clock): one producer whose clock runs minutes ahead would otherwise
+-- date every later object of the lane in its future, and no batch of it would be due for minutes.
+local time = redis.call('TIME')
+local server_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local tail = redis.call('LINDEX', KEYS[1], -1)
 local last_ms = tail and entry_parse(tail) or 0
 local first_ms = 0
 for i = 1, n do
   if statuses[i] == 1 then
     local obj = objects[i]
-    local ms = math.max(obj.staged_ms, last_ms)
+    local ms = math.max(math.min(obj.staged_ms, server_ms), last_ms)
     if not tail and first_ms == 0 then
       first_ms = ms
     end
