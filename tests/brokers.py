@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -50,12 +51,18 @@ def broker(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterato
     reason = rabbitmq_available()
     if reason is not None:
         pytest.skip(f"RabbitMQ broker cannot run here: {reason}")
+    with RabbitMQ() as rabbit, using_broker(rabbit.url):
+        yield Broker("rabbitmq", rabbit.url, rabbit)
+
+
+@contextmanager
+def using_broker(url: str) -> Iterator[None]:
+    """Point this process's producer and the workers started meanwhile at the broker ``url``."""
     previous = os.environ["CELERY_BROKER_URL"]
-    with RabbitMQ() as rabbit:
-        os.environ["CELERY_BROKER_URL"] = rabbit.url
-        forget_broker_connections(app)
-        try:
-            yield Broker("rabbitmq", rabbit.url, rabbit)
-        finally:
-            os.environ["CELERY_BROKER_URL"] = previous
-            forget_broker_connections(app)  # before the vhost (and the connections to it) goes
+    os.environ["CELERY_BROKER_URL"] = url
+    forget_broker_connections(app)
+    try:
+        yield
+    finally:
+        os.environ["CELERY_BROKER_URL"] = previous
+        forget_broker_connections(app)  # before the broker (and the connections to it) goes

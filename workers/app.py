@@ -42,9 +42,10 @@ FLUSH_ROUTING_KEY = "s3batch.flush"
 # these names of its own, s3batch's short timeout never re-runs another app's long tasks, and another app's
 # sweep never touches s3batch's messages.
 # RabbitMQ gives a consumer's unacknowledged messages back when its connection closes; a worker that hangs whole
-# (SIGSTOP, a frozen VM, a cut network) keeps its connection until two heartbeats are missed. Celery's default
-# (120 s) held a hung worker's prefetched put_objects for about four minutes; 10 s brings them back in about
-# 20 s (tests/test_brokers.py), and a live worker's main process answers heartbeats from its event loop.
+# (SIGSTOP, a frozen VM, a cut network) keeps its connection until RabbitMQ has seen nothing from it for two of
+# its once-per-heartbeat checks, 2 to 3 heartbeats. Celery's default (120 s) held a hung worker's prefetched
+# put_objects for about four minutes; 10 s brings them back within 20-30 s (tests/test_brokers.py), and a live
+# worker's main process sends heartbeats from its event loop every 5 s (broker_heartbeat_checkrate 2).
 AMQP_HEARTBEAT_S = 10
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 UNACKED_KEYS = {
@@ -215,8 +216,8 @@ def _log_redelivery(sender: Any = None, instance: Any = None, **_: Any) -> None:
     if is_amqp(conf.broker_url):
         log.info(
             "s3batch broker amqp: a dead worker's unacknowledged messages are redelivered when its connection "
-            "closes, a hung worker's after two missed heartbeats (broker_heartbeat %s s); a task stuck in a live "
-            "worker only after the RabbitMQ node's consumer_timeout",
+            "closes, a hung worker's 2 to 3 heartbeats after its last frame (broker_heartbeat %s s); a task "
+            "stuck in a live worker's only after the RabbitMQ node's consumer_timeout",
             conf.broker_heartbeat,
         )
         return
