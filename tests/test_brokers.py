@@ -3,9 +3,9 @@
 A worker that hangs whole (SIGSTOP: a frozen VM, a cut network) holds its prefetched put_object messages until
 the broker gives them back: on Redis after the visibility timeout (three batch ages, at least 10 s, swept
 every 5 s), on RabbitMQ once it closes the connection, 2 to 3 heartbeats after the worker's last frame
-(s3batch sets ``broker_heartbeat`` to 10 s on amqp brokers; Celery's 120 s held them for about four
-minutes). A task stuck in a live worker keeps heartbeating: on RabbitMQ only the node's ``consumer_timeout``
-(checked every ``channel_tick_interval``) gives its message back.
+(s3batch sets ``broker_heartbeat`` to 10 s on amqp brokers; with Celery's 120 s, negotiated down to the
+node's 60 s, they were held for about three minutes). A task stuck in a live worker keeps heartbeating: on
+RabbitMQ only the node's ``consumer_timeout`` (checked every ``channel_tick_interval``) gives its message back.
 """
 
 from __future__ import annotations

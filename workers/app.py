@@ -43,9 +43,10 @@ FLUSH_ROUTING_KEY = "s3batch.flush"
 # sweep never touches s3batch's messages.
 # RabbitMQ gives a consumer's unacknowledged messages back when its connection closes; a worker that hangs whole
 # (SIGSTOP, a frozen VM, a cut network) keeps its connection until RabbitMQ has seen nothing from it for two of
-# its once-per-heartbeat checks, 2 to 3 heartbeats. Celery's default (120 s) held a hung worker's prefetched
-# put_objects for about four minutes; 10 s brings them back within 20-30 s (tests/test_brokers.py), and a live
-# worker's main process sends heartbeats from its event loop every 5 s (broker_heartbeat_checkrate 2).
+# its once-per-heartbeat checks, 2 to 3 heartbeats. With Celery's default (120 s, negotiated down to the node's
+# 60 s) a hung worker held its prefetched put_objects for about three minutes; 10 s brings them back within
+# 20-30 s (tests/test_brokers.py), and a live worker's main process sends heartbeats from its event loop every
+# 5 s (broker_heartbeat_checkrate 2).
 AMQP_HEARTBEAT_S = 10
 AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 UNACKED_KEYS = {
