@@ -33,6 +33,8 @@ from workers.app import UNACKED_KEYS, app
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
+pytest_plugins = ["tests.brokers"]  # the ``broker`` fixture: a test's broker, Redis or RabbitMQ
+
 _ports: dict[str, int] = {}
 _services: dict[str, RedisServer | S3Server] = {}
 _db_numbers = itertools.count(1)

@@ -202,3 +202,24 @@ def test_store_script_never_overwrites_a_final_state(backend: Any) -> None:
     assert script(keys=["", "", key], args=[0, 1, "", "", 0, staged]) == 0
     assert json.loads(backend.client.get(key))["status"] == "SUCCESS"
     assert isinstance(backend.client, redis.Redis)
+
+
+def test_11_forgetting_the_pools_sends_the_next_message_to_the_broker_named_now(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def pools() -> tuple[str, bool]:
+        """The database of the app's connection pool, and whether its producer pool draws from it."""
+        celery_app: Any = app
+        return str(celery_app.pool.connection.virtual_host), celery_app.amqp.producer_pool.connections is app.pool
+
+    first, shared = pools()
+    assert shared
+    monkeypatch.setenv("CELERY_BROKER_URL", redis_server.url(7))
+    assert pools() == (first, True)  # kept for the first URL
+    internals.forget_broker_connections(app)
+    assert pools() == ("7", True) and first != "7"
+    with app.producer_or_acquire() as producer:
+        assert producer.connection.virtual_host == "7"
+    monkeypatch.undo()
+    internals.forget_broker_connections(app)
+    assert pools() == (first, True)

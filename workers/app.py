@@ -41,6 +41,14 @@ FLUSH_ROUTING_KEY = "s3batch.flush"
 # it, and a worker's restore sweep redelivers whatever in it is older than *its* visibility timeout: with
 # these names of its own, s3batch's short timeout never re-runs another app's long tasks, and another app's
 # sweep never touches s3batch's messages.
+# RabbitMQ gives a consumer's unacknowledged messages back when its connection closes; a worker that hangs whole
+# (SIGSTOP, a frozen VM, a cut network) keeps its connection until RabbitMQ has seen nothing from it for two of
+# its once-per-heartbeat checks, 2 to 3 heartbeats. With Celery's default (120 s, negotiated down to the node's
+# 60 s) a hung worker held its prefetched put_objects for about three minutes; 10 s brings them back within
+# 20-30 s (tests/test_brokers.py), and a live worker's main process sends heartbeats from its event loop every
+# 5 s (broker_heartbeat_checkrate 2).
+AMQP_HEARTBEAT_S = 10
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp", "librabbitmq")
 UNACKED_KEYS = {
     "unacked_key": "s3batch.unacked",
     "unacked_index_key": "s3batch.unacked_index",
@@ -128,11 +136,20 @@ def celery_settings(settings: Settings, module: Mapping[str, Any]) -> dict[str, 
         },
         "timezone": "UTC",
     }
+    if is_amqp(os.environ.get("CELERY_BROKER_URL") or module.get("broker_url") or settings.redis_url):
+        conf["broker_heartbeat"] = AMQP_HEARTBEAT_S  # a configuration module's own value wins (below)
     overrides = {key: value for key, value in module.items() if not key.startswith(MODULE_PREFIX)}
     theirs = overrides.pop("broker_transport_options", None) or {}
     conf.update(overrides)
     conf["broker_transport_options"] = {**conf["broker_transport_options"], **theirs}
     return conf
+
+
+def is_amqp(broker_url: Any) -> bool:
+    """True when ``broker_url`` (a URL, ``;``-separated failover URLs, or a list of them) names RabbitMQ."""
+    first = broker_url[0] if isinstance(broker_url, list | tuple) and broker_url else broker_url
+    scheme = str(first or "").split(";", 1)[0].split("://", 1)[0].split("+")[-1].strip().lower()
+    return scheme in AMQP_SCHEMES
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -197,11 +214,19 @@ def _log_redelivery(sender: Any = None, instance: Any = None, **_: Any) -> None:
     if not isinstance(celery_app, S3BatchApp):
         return
     conf = celery_app.conf
+    if is_amqp(conf.broker_url):
+        log.info(
+            "s3batch broker amqp: a dead worker's unacknowledged messages are redelivered when its connection "
+            "closes, a hung worker's 2 to 3 heartbeats after its last frame (broker_heartbeat %s s); a task "
+            "stuck in a live worker's only after the RabbitMQ node's consumer_timeout",
+            conf.broker_heartbeat,
+        )
+        return
     timeout = conf.broker_transport_options.get("visibility_timeout")
     log.info(
         "s3batch broker %s: a dead worker's unacknowledged messages are redelivered after %s s "
         "(broker_transport_options visibility_timeout, Redis transport; kept in %s)",
-        conf.broker_url.split("://", 1)[0], timeout, conf.broker_transport_options.get("unacked_key"),
+        str(conf.broker_url).split("://", 1)[0], timeout, conf.broker_transport_options.get("unacked_key"),
     )  # fmt: skip
 
 

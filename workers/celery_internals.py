@@ -40,6 +40,11 @@ newest supported Celery (see ``.ci/run``):
    arguments that name the task.
 10. GENERIC TASK: ``celery.Task`` and ``AsyncResult`` are subscriptable only
    from Celery 5.7, so ``Task[...]`` appears in annotations only.
+11. PRODUCER POOLS: an app builds its broker connection pool (``app._pool``)
+   and its producer pool (``app.amqp._producer_pool``) once, for the broker
+   URL of its first message; ``forget_broker_connections`` drops both (and
+   kombu's registry of pools) so that the next message goes to the broker
+   the configuration names now (the tests switch brokers in one process).
 
 And of kombu's Redis transport, documented options: ``unacked_key``,
 ``unacked_index_key`` and ``unacked_mutex_key`` (every supported kombu), and
@@ -304,3 +309,16 @@ def logged_task_name(record: logging.LogRecord) -> str | None:
         # 'Scheduler: Sending due task %s (%s)' (entry, task); 'Discarding revoked task: %s[%s]' (task, id)
         return task_name if record.name == "celery.beat" else entry_name
     return None
+
+
+# ---- 11. producer pools ----
+
+
+def forget_broker_connections(app: Any) -> None:
+    """Close the app's pooled broker connections and producers: its next message connects to the broker that
+    ``CELERY_BROKER_URL`` / ``broker_url`` name at that moment (both pools are otherwise kept for the first)."""
+    from kombu import pools
+
+    pools.reset()  # closes every pooled connection of this process and empties kombu's registry of pools
+    app._pool = None
+    app.amqp._producer_pool = None
