@@ -13,11 +13,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from celery.result import AsyncResult, ResultSet
 
 from batcher import BatchReader, BatchRef
 from batcher.index import INDEX_NAME, TRAILER_NAME, is_reserved
 from tests.support import Stack
+
+pytestmark = pytest.mark.s3_servers  # every test here on moto and on SeaweedFS (tests/s3backends.py)
 
 TRICKY_KEYS = [
     "users/42/avatar.png",
@@ -159,7 +162,7 @@ def test_states_result_fields_and_reader(stack: Stack) -> None:
     }
     json.dumps(result)
     assert result["etag"] == stack.s3.head_object(Bucket=result["bucket"], Key=result["key"])["ETag"]
-    assert BatchReader().get(BatchRef.from_dict(result)) == data
+    assert BatchReader(stack.s3).get(BatchRef.from_dict(result)) == data
 
 
 def test_two_workers_ten_thousand_objects_each_in_exactly_one_batch(stack: Stack) -> None:

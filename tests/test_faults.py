@@ -1,8 +1,8 @@
 """Nothing lost: real workers upload through a proxy that breaks S3 requests.
 
-The workers talk to moto through tests/faultproxy.py (AWS_ENDPOINT_URL points at
-it); the test's own S3 client talks to moto directly, so every check reads what
-S3 really holds.
+The workers talk to the S3 server (moto, and SeaweedFS for the tests marked s3_servers) through
+tests/faultproxy.py (AWS_ENDPOINT_URL points at it); the test's own S3 client talks to the server directly,
+so every check reads what S3 really holds.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from batcher.embedded import S3Server
 from batcher.errors import DeadLetterError
 from batcher.index import is_reserved
 from tests.faultproxy import TRANSIENT_KINDS, FaultProxy
+from tests.s3backends import S3Backend
 from tests.support import Stack
 
 SMALL_BATCHES: dict[str, Any] = {
@@ -44,9 +45,9 @@ Sent = list[tuple[str, bytes, "AsyncResult[Any]"]]
 
 
 @pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+def proxy(s3_backend: S3Backend) -> Iterator[FaultProxy]:
     """Request it before ``stack``, so that the workers stop before the proxy does."""
-    with FaultProxy(s3_server.endpoint_url, seed=20240611) as fault_proxy:
+    with FaultProxy(s3_backend.endpoint_url, seed=20240611) as fault_proxy:
         yield fault_proxy
 
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from batcher.embedded import S3Server
 from batcher.errors import DeadLetterError
 from batcher.flush import Flusher
 from batcher.models import BatchRef
 from batcher.uploader import Uploader
 from tests.factories import stage_with, staged
 from tests.faultproxy import FaultProxy
+from tests.s3backends import S3Backend
 from tests.support import Stack
 from tests.test_faults import cli, flush_crashes
 from tests.test_flush import Recorder
@@ -26,9 +26,9 @@ from workers.bulkwait import BulkResultSet
 
 
 @pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+def proxy(s3_backend: S3Backend) -> Iterator[FaultProxy]:
     """Request it before ``stack``, so that the workers stop before the proxy does."""
-    with FaultProxy(s3_server.endpoint_url, seed=7) as fault_proxy:
+    with FaultProxy(s3_backend.endpoint_url, seed=7) as fault_proxy:
         yield fault_proxy
 
 

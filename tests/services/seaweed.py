@@ -121,7 +121,7 @@ class SeaweedFS:
         argv = [
             str(self.binary), "server",
             f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-dir={data}",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=16",
+            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=256",
             "-volume.preStopSeconds=0",
             f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.grpc']}",
             f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.grpc']}",
@@ -140,6 +140,7 @@ class SeaweedFS:
             "HOME": str(self.directory),
             "TMPDIR": str(self.directory),
             "WEED_S3_SSE_KEY": secrets.token_hex(32),
+            "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1",
         }
         started = time.monotonic()
         self.process = ChildProcess(
