@@ -1,7 +1,8 @@
 """The benchmark suite: every scenario side by side on the same local services, median of several runs.
 
 Run from the project root: ``python -m bench.suite`` (``--quick`` for a 2-minute smoke run). It starts its
-own redis-server, moto S3 server and Celery workers on free loopback ports and sends nothing anywhere else.
+own redis-server, moto S3 server and Celery workers on free loopback ports (and SeaweedFS for the
+``seaweedfs`` scenario) and sends nothing anywhere else.
 """
 
 from __future__ import annotations
