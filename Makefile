@@ -60,7 +60,7 @@ bench: $(BIN)/s3batch
 	$(BIN)/python -m bench.suite
 	$(BIN)/python -m bench.topologies
 
-## a smoke run of the suite: every scenario once with fewer objects, about 2 minutes
+## a smoke run of the suite: every scenario once with fewer objects, about 2.5 minutes
 bench-quick: $(BIN)/s3batch
 	./scripts/ensure-system-packages
 	$(BIN)/python -m bench.suite --quick

@@ -8,9 +8,19 @@ from typing import Any
 import boto3
 
 
-def s3_client(endpoint_url: str) -> Any:
-    """A boto3 S3 client; a session per client, since creating clients from the default one is not thread-safe."""
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url)
+def s3_client(endpoint_url: str, credentials: dict[str, str] | None = None) -> Any:
+    """A boto3 S3 client; a session per client, since creating clients from the default one is not thread-safe.
+
+    ``credentials`` (``aws_access_key_id``, ``aws_secret_access_key``) replace the environment's, for a server
+    other than the one the environment names (SeaweedFS next to moto).
+    """
+    given = credentials or {}
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint_url,
+        aws_access_key_id=given.get("aws_access_key_id"),
+        aws_secret_access_key=given.get("aws_secret_access_key"),
+    )
 
 
 def listing(client: Any, bucket: str, prefix: str = "") -> dict[str, int]:

@@ -21,6 +21,10 @@ SCENARIO_BARS = (
     ("noop.objects_per_s", "no-op Celery task .delay()", "#8fbc8f"),
     ("delay.objects_per_s", "put_object.delay()", "#4c72b0"),
     ("batcher.objects_per_s", "Batcher.put_objects()", "#dd8452"),
+    ("seaweedfs.naive1.objects_per_s", "SeaweedFS: naive boto3, 1 thread", "#e0e0e0"),
+    ("seaweedfs.naive16.objects_per_s", "SeaweedFS: naive boto3, 16 threads", "#bdbdbd"),
+    ("seaweedfs.delay.objects_per_s", "SeaweedFS: put_object.delay()", "#8da0cb"),
+    ("seaweedfs.batcher.objects_per_s", "SeaweedFS: Batcher.put_objects()", "#f2b48c"),
 )
 # (figure key part, legend label, colour) of the second panel's groups.
 METHODS = (

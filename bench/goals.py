@@ -51,6 +51,18 @@ def record_run(figures: Figures, outcomes: dict[str, Outcome], bench: Bench) -> 
         label = f"flush of {o.payload_bytes / 2**20:,.0f} MiB batch"
         figures.add("flush.mb_per_s", label, "MB/s", o.mb_per_s)
         figures.add("flush.peak_rss", f"{label}: peak RSS", "MiB", o.details["peak_rss_mib"], Goal("<=", 128))
+    rate("seaweedfs.naive1", "SeaweedFS: naive boto3, 1 thread")
+    rate("seaweedfs.naive16", "SeaweedFS: naive boto3, 16 threads")
+    rate("seaweedfs.delay", "SeaweedFS: put_object.delay()")
+    rate("seaweedfs.batcher", "SeaweedFS: Batcher.put_objects()")
+    ratio("seaweedfs.delay.vs_naive16", "SeaweedFS: delay() / naive 16 threads", "seaweedfs.delay", "seaweedfs.naive16")
+    ratio(
+        "seaweedfs.batcher.vs_naive16",
+        "SeaweedFS: Batcher / naive 16 threads",
+        "seaweedfs.batcher",
+        "seaweedfs.naive16",
+    )
+    calls("seaweedfs.batcher", "SeaweedFS: Batcher.put_objects()", None)
     for size in plan.sizes:
         tag, sl = f"size{size.size}", size.label
         for method, label in (("naive16", "naive 16 threads"), ("delay", "delay()"), ("batcher", "Batcher")):

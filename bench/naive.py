@@ -12,12 +12,20 @@ from bench.checks import BenchError
 from bench.outcome import Outcome
 
 
-def run_naive(endpoint_url: str, bucket: str, bodies: Sequence[bytes], threads: int, prefix: str) -> Outcome:
+def run_naive(
+    endpoint_url: str,
+    bucket: str,
+    bodies: Sequence[bytes],
+    threads: int,
+    prefix: str,
+    credentials: dict[str, str] | None = None,
+) -> Outcome:
     """PutObject of every body from ``threads`` threads (a client each); raises BenchError if one is missing.
 
     The objects are deleted afterwards, so that the server's memory and listings do not grow across runs.
+    ``credentials`` are boto3 client arguments for a server other than the environment's (SeaweedFS).
     """
-    clients = [s3_client(endpoint_url) for _ in range(threads)]
+    clients = [s3_client(endpoint_url, credentials) for _ in range(threads)]
     for client in clients:  # open each connection before the clock starts
         client.head_bucket(Bucket=bucket)
     local = threading.local()

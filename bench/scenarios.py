@@ -6,6 +6,7 @@ the tars in the bucket, and reads a sample back by ranged GET (BenchError if a b
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import zlib
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 
 from batcher.config import Settings
 from batcher.uploader import MULTIPART_THRESHOLD_BYTES
-from bench.buckets import delete_keys, listing
+from bench.buckets import delete_keys, listing, s3_client
 from bench.celery_runs import (
     Sent,
     date_done_by_id,
@@ -261,6 +262,42 @@ def size_runs(bench: Bench, run: int) -> dict[str, Outcome]:
     return out
 
 
+def seaweedfs_runs(bench: Bench, run: int) -> dict[str, Outcome]:
+    """Scenario 8: scenarios 1, 3 and 4 on SeaweedFS, a real S3 server, in the same run as on moto.
+
+    The workers are restarted pointed at SeaweedFS (same bucket name, so the producer's settings hold), and
+    pointed back at moto afterwards, so that the scenarios after this one still measure moto.
+    """
+    seaweed = bench.services.seaweed()
+    credentials = {"aws_access_key_id": seaweed.access_key, "aws_secret_access_key": seaweed.secret_key}
+    on_seaweed = dataclasses.replace(bench)  # the same plan and tasks; its S3 client is SeaweedFS's below
+    on_seaweed.client = s3_client(seaweed.endpoint_url, credentials)
+    naive_bucket = f"{bench.services.bucket}-naive"
+    if naive_bucket not in {b["Name"] for b in on_seaweed.client.list_buckets()["Buckets"]}:
+        on_seaweed.client.create_bucket(Bucket=naive_bucket)
+    out = {}
+    for threads in (1, 16):
+        name = f"seaweedfs-naive{threads}"
+        _, bodies = workload(name, run, bench.plan.naive_objects, KIB)
+        out[f"seaweedfs.naive{threads}"] = run_naive(
+            seaweed.endpoint_url, naive_bucket, bodies, threads, prefix=f"{name}/r{run}/", credentials=credentials
+        )
+    # Only AWS_ENDPOINT_URL is set (bench/services.py clears AWS_ENDPOINT_URL_S3, which would win over it).
+    s3_env = {
+        "AWS_ENDPOINT_URL": seaweed.endpoint_url,
+        "AWS_ACCESS_KEY_ID": seaweed.access_key,
+        "AWS_SECRET_ACCESS_KEY": seaweed.secret_key,
+    }
+    bench.services.restart_workers(bench.app, s3_env)
+    try:
+        out["seaweedfs.delay"] = delay_run(on_seaweed, run, "seaweedfs-delay")
+        if bench.batcher_cls is not None:
+            out["seaweedfs.batcher"] = batcher_run(on_seaweed, run, "seaweedfs-batcher")
+    finally:
+        bench.services.restart_workers(bench.app)
+    return out
+
+
 Scenario = Callable[[Bench, int], dict[str, Outcome]]
 
 SCENARIOS: dict[str, Scenario] = {
@@ -271,4 +308,5 @@ SCENARIOS: dict[str, Scenario] = {
     "paced": paced_run,
     "flush": flush_run,
     "sizes": size_runs,
+    "seaweedfs": seaweedfs_runs,
 }

@@ -1,7 +1,9 @@
-"""The benchmark's own services: redis-server, moto's S3 server and Celery workers, all on loopback.
+"""The benchmark's own services: redis-server, moto's S3 server and Celery workers, all on loopback, and
+SeaweedFS for the scenario that compares the two servers.
 
-They are started exactly like the tests start theirs (``batcher.embedded``, ``workers.process``), so a
-benchmark never sends anything anywhere but 127.0.0.1, and everything is stopped on exit.
+They are started exactly like the tests start theirs (``batcher.embedded``, ``workers.process``,
+``tests.services.seaweed``), so a benchmark never sends anything anywhere but 127.0.0.1, and everything is
+stopped on exit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from batcher.embedded import RedisServer, S3Server
 from bench.buckets import s3_client
+from tests.services.seaweed import SeaweedFS
 from workers.process import WorkerProcess
 
 # Every variable of these families is dropped before ours are set: a user's shell could otherwise point
@@ -37,6 +40,9 @@ class Services:
     env: dict[str, str]
     logdir: Path
     workers: list[WorkerProcess] = field(default_factory=list)
+    seaweedfs: SeaweedFS | None = None  # started by the first SeaweedFS scenario, then kept for every run
+    shape: tuple[int, int] = (0, 0)  # workers and processes per worker of the last start_workers
+    started: int = 0  # workers started so far: each gets its own name and log file
 
     @property
     def endpoint_url(self) -> str:
@@ -49,21 +55,40 @@ class Services:
         """A fresh boto3 S3 client for the moto server."""
         return s3_client(self.s3.endpoint_url)
 
-    def start_workers(self, app: Any, count: int, concurrency: int) -> None:
-        """Start ``count`` workers of ``concurrency`` processes (the first with beat) and wait for their pings."""
+    def start_workers(self, app: Any, count: int, concurrency: int, s3_env: dict[str, str] | None = None) -> None:
+        """Start ``count`` workers of ``concurrency`` processes (the first with beat) and wait for their pings;
+        ``s3_env`` (AWS_* variables) points them at another S3 server than moto."""
+        env = {**self.env, **(s3_env or {})}
+        self.shape = (count, concurrency)
+        first = len(self.workers)
         for n in range(count):
+            name, self.started = f"bench{self.started}", self.started + 1
             self.workers.append(
-                WorkerProcess(
-                    self.env, f"bench{n}", self.logdir, beat=n == 0, concurrency=concurrency, loglevel="WARNING"
-                )
+                WorkerProcess(env, name, self.logdir, beat=n == 0, concurrency=concurrency, loglevel="WARNING")
             )
-        wait_ready(app, self.workers)
+        wait_ready(app, self.workers[first:])
+
+    def restart_workers(self, app: Any, s3_env: dict[str, str] | None = None) -> None:
+        """Stop the running workers and start as many, pointed at moto or (``s3_env``) another server."""
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()  # stopped: never signalled again
+        self.start_workers(app, *self.shape, s3_env)
+
+    def seaweed(self) -> SeaweedFS:
+        """The suite's SeaweedFS with the workers' bucket (same name as on moto), started on first use (3-5 s)."""
+        if self.seaweedfs is None:
+            self.seaweedfs = SeaweedFS()
+            self.seaweedfs.client().create_bucket(Bucket=self.bucket)
+        return self.seaweedfs
 
     def close(self) -> None:
         """Stop the workers, then S3 and Redis; results still referenced could otherwise unsubscribe too late."""
         gc.collect()
         for worker in self.workers:
             worker.stop()
+        if self.seaweedfs is not None:
+            self.seaweedfs.close()
         self.s3.close()
         self.redis.close()
         shutil.rmtree(self.logdir, ignore_errors=True)

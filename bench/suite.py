@@ -1,7 +1,8 @@
 """The benchmark suite: every scenario side by side on the same local services, median of several runs.
 
-Run from the project root: ``python -m bench.suite`` (``--quick`` for a 2-minute smoke run). It starts its
-own redis-server, moto S3 server and Celery workers on free loopback ports and sends nothing anywhere else.
+Run from the project root: ``python -m bench.suite`` (``--quick`` for a 2.5-minute smoke run). It starts its
+own redis-server, moto S3 server and Celery workers on free loopback ports (and SeaweedFS for the
+``seaweedfs`` scenario) and sends nothing anywhere else.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def load_batcher() -> tuple[Any | None, str | None]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=None, help="runs of every scenario (default 3, 1 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: fewer objects, one run, about 2 minutes")
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer objects, one run, about 2.5 minutes")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of: " + ", ".join(SCENARIOS))
     parser.add_argument("--max-batch-age", type=float, default=2.0, help="S3BATCH_MAX_BATCH_AGE of the workers (s)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (the first one runs beat)")

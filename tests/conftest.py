@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import boto3
 import pytest
 import redis
 
@@ -27,6 +26,7 @@ from batcher.config import Settings
 from batcher.connection import connect
 from batcher.embedded import LOOPBACK, RedisServer, S3Server, free_port
 from batcher.lanes import Lanes
+from tests.s3backends import S3Backend, backend_for, close_servers, parametrize
 from tests.support import Stack
 from workers.app import UNACKED_KEYS, app
 
@@ -63,12 +63,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.services)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    parametrize(metafunc)  # tests marked s3_servers run on moto and SeaweedFS (tests/s3backends.py)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     # Collect the tests' AsyncResults now: their __del__ unsubscribes from the result backend, which must
     # still be running (otherwise the unsubscribe fails at exit and pytest reports it as an error).
     gc.collect()
     for service in _services.values():
         service.close()
+    close_servers()
 
 
 @pytest.fixture(scope="session")
@@ -92,15 +97,21 @@ def s3_server() -> S3Server:
 
 
 @pytest.fixture
-def s3(s3_server: S3Server) -> Iterator[S3Client]:
-    client: S3Client = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+def s3_backend(s3_server: S3Server, request: pytest.FixtureRequest) -> S3Backend:
+    """This test's S3 server: moto, or the one pytest_generate_tests chose for a test marked s3_servers."""
+    return backend_for(getattr(request, "param", "moto"), s3_server)
+
+
+@pytest.fixture
+def s3(s3_backend: S3Backend) -> Iterator[S3Client]:
+    client = s3_backend.client()
     yield client
     client.close()
 
 
 @pytest.fixture
 def stack(
-    redis_server: RedisServer, s3_server: S3Server, s3: S3Client, tmp_path: Path, request: pytest.FixtureRequest
+    redis_server: RedisServer, s3_backend: S3Backend, s3: S3Client, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Stack]:
     """A clean staging database, a new bucket, and what a test needs to run workers against them."""
     db = next(_db_numbers)
@@ -116,7 +127,8 @@ def stack(
     client = connect(settings.redis_url)
     client.flushdb()
     lanes = Lanes(client, settings)
-    stack = Stack(settings=settings, lanes=lanes, staging=lanes.default_lane(), s3=s3, tmp_path=tmp_path)
+    stack = Stack(settings=settings, lanes=lanes, staging=lanes.default_lane(), s3=s3, tmp_path=tmp_path,
+                  s3_env=s3_backend.env)  # fmt: skip
     try:
         yield stack
     finally:

@@ -34,11 +34,13 @@ class Stack:
     staging: Staging
     s3: S3Client
     tmp_path: Path
+    s3_env: dict[str, str] = field(default_factory=dict)  # AWS_* of the S3 server the test runs on
     workers: list[WorkerProcess] = field(default_factory=list)
 
     def env(self, **overrides: Any) -> dict[str, str]:
         """The environment of a worker on this stack; with S3BATCH_CRASH_AT, one that installs the crash hook."""
         env = dict(os.environ)
+        env.update(self.s3_env)
         env.update(settings_env(self.settings))
         env.update({k: str(v) for k, v in overrides.items()})
         if "S3BATCH_CRASH_AT" in overrides:

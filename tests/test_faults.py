@@ -1,8 +1,13 @@
 """Nothing lost: real workers upload through a proxy that breaks S3 requests.
 
-The workers talk to moto through tests/faultproxy.py (AWS_ENDPOINT_URL points at
-it); the test's own S3 client talks to moto directly, so every check reads what
-S3 really holds.
+The workers talk to the S3 server (moto, and SeaweedFS for the tests marked s3_servers) through
+tests/faultproxy.py (AWS_ENDPOINT_URL points at it); the test's own S3 client talks to the server directly,
+so every check reads what S3 really holds.
+
+The faults whose outcome depends on what the server stored run on moto and SeaweedFS (``s3_servers``):
+transient faults in the middle of uploads, PUT answers cut after the server stored the tar (the retry must
+meet 412) or inside their headers. The others are decided by the proxy alone (a refused or denied request
+never reaches the server) and run on moto.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from batcher.embedded import S3Server
 from batcher.errors import DeadLetterError
 from batcher.index import is_reserved
 from tests.faultproxy import TRANSIENT_KINDS, FaultProxy
+from tests.s3backends import S3Backend
 from tests.support import Stack
 
 SMALL_BATCHES: dict[str, Any] = {
@@ -44,9 +50,9 @@ Sent = list[tuple[str, bytes, "AsyncResult[Any]"]]
 
 
 @pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+def proxy(s3_backend: S3Backend) -> Iterator[FaultProxy]:
     """Request it before ``stack``, so that the workers stop before the proxy does."""
-    with FaultProxy(s3_server.endpoint_url, seed=20240611) as fault_proxy:
+    with FaultProxy(s3_backend.endpoint_url, seed=20240611) as fault_proxy:
         yield fault_proxy
 
 
@@ -193,6 +199,7 @@ def test_proxy_forwards_faithfully_and_breaks_what_it_is_told(s3_server: S3Serve
         assert stats["requests"] == 14 and stats["proxy_errors"] == 0
 
 
+@pytest.mark.s3_servers
 def test_transient_faults_on_two_in_five_uploads_lose_nothing(proxy: FaultProxy, stack: Stack) -> None:
     started = time.monotonic()
     stack.start_worker(concurrency=4, AWS_ENDPOINT_URL=proxy.url, **SMALL_BATCHES)
@@ -298,6 +305,7 @@ def test_access_denied_dead_letters_then_retry_all_lands_everything(proxy: Fault
     assert flush_crashes(stack) == []
 
 
+@pytest.mark.s3_servers
 def test_truncated_put_responses_find_the_stored_tar_and_never_overwrite(proxy: FaultProxy, stack: Stack) -> None:
     started = time.monotonic()
     worker = stack.start_worker(concurrency=4, AWS_ENDPOINT_URL=proxy.url, **SMALL_BATCHES)
@@ -318,6 +326,7 @@ def test_truncated_put_responses_find_the_stored_tar_and_never_overwrite(proxy: 
     assert "recovered=True" not in worker.log()  # the uploader itself saw it through, no lease ran out
 
 
+@pytest.mark.s3_servers
 def test_put_answers_cut_inside_their_headers_never_publish_a_wrong_etag(proxy: FaultProxy, stack: Stack) -> None:
     """http.client reads a head cut after the status code as a 200 with fewer headers: no ETag, or half of it."""
     started = time.monotonic()

@@ -1,5 +1,10 @@
 """Outages ridden out: S3 down for a minute costs no caller anything; longer, callers hear it and the batches
-land by themselves once S3 is back; a key taken by another object never keeps a batch from landing."""
+land by themselves once S3 is back; a key taken by another object never keeps a batch from landing.
+
+The key tests run on moto and SeaweedFS (``s3_servers``): they depend on the server refusing the conditional
+create (412) and on what HEAD and the metadata say. The outages are the proxy refusing connections, which the
+server never sees, and run on moto.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from batcher.embedded import S3Server
 from batcher.errors import DeadLetterError
 from batcher.flush import Flusher
 from batcher.models import BatchRef
 from batcher.uploader import Uploader
 from tests.factories import stage_with, staged
 from tests.faultproxy import FaultProxy
+from tests.s3backends import S3Backend
 from tests.support import Stack
 from tests.test_faults import cli, flush_crashes
 from tests.test_flush import Recorder
@@ -26,9 +31,9 @@ from workers.bulkwait import BulkResultSet
 
 
 @pytest.fixture
-def proxy(s3_server: S3Server) -> Iterator[FaultProxy]:
+def proxy(s3_backend: S3Backend) -> Iterator[FaultProxy]:
     """Request it before ``stack``, so that the workers stop before the proxy does."""
-    with FaultProxy(s3_server.endpoint_url, seed=7) as fault_proxy:
+    with FaultProxy(s3_backend.endpoint_url, seed=7) as fault_proxy:
         yield fault_proxy
 
 
@@ -90,6 +95,7 @@ def test_an_outage_past_the_retry_budget_fails_callers_then_lands_by_itself(prox
     assert stats(stack)["dead_letters"] == 0
 
 
+@pytest.mark.s3_servers
 @pytest.mark.parametrize("foreign", ["not s3batch's", "another batch"])
 def test_a_key_held_by_another_object_gives_the_batch_a_new_key(stack: Stack, foreign: str) -> None:
     objs = [staged(f"rekey/{i}", bytes([i]) * 300) for i in range(50)]
@@ -109,6 +115,7 @@ def test_a_key_held_by_another_object_gives_the_batch_a_new_key(stack: Stack, fo
     assert stack.staging.totals()["staged_bytes"] == 0 and recorder.failures == {}
 
 
+@pytest.mark.s3_servers
 def test_a_foreign_object_on_a_recovered_batch_is_named_and_rekeyed(stack: Stack) -> None:
     objs = [staged(f"taken/{i}", b"y" * 10) for i in range(3)]
     stage_with(stack.staging, objs, max_staged_bytes=10**9, max_batch_bytes=10**9, max_batch_objects=10**6)

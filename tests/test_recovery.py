@@ -1,4 +1,10 @@
-"""Guarantee 5 with real workers: SIGKILL a worker at each point of a flush, then a fresh worker finishes."""
+"""Guarantee 5 with real workers: SIGKILL a worker at each point of a flush, then a fresh worker finishes.
+
+The kills that leave something in S3 (a stored tar whose results are not published, an incomplete multipart
+upload, a thawed flush uploading again) run on moto and on SeaweedFS (``s3_servers``): there the server's
+answer to the second upload (412) and its handling of an abandoned multipart upload decide the outcome. The
+others are about Redis and the broker and run on moto.
+"""
 
 from __future__ import annotations
 
@@ -120,6 +126,20 @@ def collect_resending(
     ],
 )
 def test_sigkill_at_each_point_of_a_flush(stack: Stack, point: str, success_before_restart: str) -> None:
+    sigkill_at(stack, point, success_before_restart)
+
+
+@pytest.mark.s3_servers(
+    "seaweedfs", reason="moto runs this point in test_sigkill_at_each_point_of_a_flush[uploaded-none]"
+)
+def test_sigkill_after_the_upload_before_publishing(stack: Stack) -> None:
+    """The tar is in S3, no result is out: the next worker's upload meets the stored tar (412) and keeps it."""
+    sigkill_at(stack, "uploaded", "none")
+
+
+def sigkill_at(stack: Stack, point: str, success_before_restart: str) -> None:
+    """Kill a worker at ``point`` of a 2,500-object flush, start another: every object lands once, no tar
+    is overwritten."""
     count = 2500
     crashing = stack.start_worker(
         S3BATCH_CRASH_AT=point, S3BATCH_LEASE_SECONDS=2, S3BATCH_MAX_BATCH_AGE=120, S3BATCH_MAX_BATCH_OBJECTS=count
@@ -140,6 +160,7 @@ def test_sigkill_at_each_point_of_a_flush(stack: Stack, point: str, success_befo
     assert len(after) == 1 and {p["etag"] for p in payloads.values()} == {next(iter(after.values()))["etag"]}
 
 
+@pytest.mark.s3_servers
 def test_sigkill_in_the_middle_of_a_multipart_upload(stack: Stack) -> None:
     """A batch over the multipart threshold, staged directly; the worker dies after its first part."""
     from workers.app import app
@@ -213,6 +234,7 @@ def test_randomized_kills_over_thousands_of_objects(stack: Stack) -> None:
     )
 
 
+@pytest.mark.s3_servers
 def test_stalled_flush_is_fenced_and_its_batch_finished_once(stack: Stack) -> None:
     """A flush frozen (SIGSTOP) past its lease: another worker finishes; the thawed one changes nothing."""
     count = 300

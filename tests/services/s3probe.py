@@ -178,6 +178,22 @@ def check_ranged_get(s3: S3Client, bucket: str) -> Verdict:
     return (like_aws, detail)
 
 
+def check_suffix_range_get(s3: S3Client, bucket: str) -> Verdict:
+    """A suffix range longer than the object returns all of it; on an empty object none is satisfiable, and
+    AWS answers 416 (RFC 9110). BatchReader.index() opens every batch with ``bytes=-65536``."""
+    s3.put_object(Bucket=bucket, Key="suffix", Body=b"x" * 100)
+    s3.put_object(Bucket=bucket, Key="suffix-empty", Body=b"")
+    short = s3.get_object(Bucket=bucket, Key="suffix", Range="bytes=-65536")
+    got = short["Body"].read()
+    empty, empty_error = _attempt(lambda: s3.get_object(Bucket=bucket, Key="suffix-empty", Range="bytes=-65536"))
+    answered = empty_error or f"{_status(empty)} with {len(empty['Body'].read())} bytes"
+    detail = (
+        f"100-byte object: {_status(short)}, {len(got)} bytes, Content-Range {short.get('ContentRange')}; "
+        f"empty object: {answered}"
+    )
+    return (_status(short) == 206 and got == b"x" * 100 and (empty_error or "").startswith("416"), detail)
+
+
 def check_multi_range_get(s3: S3Client, bucket: str) -> Verdict:
     s3.put_object(Bucket=bucket, Key="multirange", Body=b"0123456789")
     response, error = _attempt(lambda: s3.get_object(Bucket=bucket, Key="multirange", Range="bytes=0-1,4-5"))
@@ -392,6 +408,7 @@ CHECKS: tuple[tuple[str, Check], ...] = (
     ("CompleteMultipartUpload `IfNoneMatch='*'` (create, then again)", check_multipart_if_none_match),
     ("PutObject `IfMatch=<ETag>` (conditional overwrite)", check_put_if_match),
     ("GetObject `Range: bytes=a-b` (exact bytes)", check_ranged_get),
+    ("GetObject suffix range `bytes=-65536` on a 100-byte and an empty object", check_suffix_range_get),
     ("GetObject with two ranges `bytes=0-1,4-5`", check_multi_range_get),
     ("User metadata round trip (keys `Mixed-Case`, `lower`)", check_user_metadata),
     ("PutObject `ChecksumAlgorithm` + `ChecksumSHA256` (returned? wrong one refused?)", check_checksum_sha256),

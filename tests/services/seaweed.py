@@ -10,7 +10,9 @@ filer and S3 gateway) with:
 - telemetry off (``-master.telemetry=false``: otherwise the master reports to telemetry.seaweedfs.com);
 - AWS-like behaviour where a flag allows it: no bucket created by an upload (``-s3.autoCreateBucket=false``),
   no deletion of a non-empty bucket (``-s3.allowDeleteBucketNotEmpty=false``);
-- small volumes (64 MB, up to 16 of them) in a temporary directory, which is also its ``TMPDIR`` (log files);
+- small volumes (64 MB, up to 256 of them, one grown per bucket: by default the master grows 7 for a bucket's
+  first write, and 16 slots ran out at the third bucket) in a temporary directory, which is also its
+  ``TMPDIR`` (log files);
 - an SSE-S3 key (``WEED_S3_SSE_KEY``), without which ``ServerSideEncryption='AES256'`` fails with a 500.
 
 Start-up takes about 3.1 s on 2 cores, set by ``weed server`` itself: it starts the filer 1 s and the S3
@@ -121,7 +123,7 @@ class SeaweedFS:
         argv = [
             str(self.binary), "server",
             f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}", f"-dir={data}",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=16",
+            "-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=256",
             "-volume.preStopSeconds=0",
             f"-master.port={ports['master']}", f"-master.port.grpc={ports['master.grpc']}",
             f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume.grpc']}",
@@ -140,6 +142,9 @@ class SeaweedFS:
             "HOME": str(self.directory),
             "TMPDIR": str(self.directory),
             "WEED_S3_SSE_KEY": secrets.token_hex(32),
+            # master.toml's volume_growth.copy_1 (default 7): one volume per bucket, so that a test session's
+            # bucket per test fits in -volume.max.
+            "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1",
         }
         started = time.monotonic()
         self.process = ChildProcess(
