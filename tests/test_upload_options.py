@@ -25,7 +25,7 @@ from batcher.uploadargs import combined, for_request, retention_seconds
 from batcher.uploader import Uploader, s3_client
 from tests.factories import staged
 from tests.faultproxy import FaultProxy
-from tests.services.seaweed import SeaweedFS
+from tests.s3backends import SEAWEEDFS, S3Backend, backend_for
 from tests.support import Stack
 from tests.test_flush import Recorder
 from tests.test_worker_start import assert_refused
@@ -115,10 +115,10 @@ def test_a_retention_period_becomes_a_date_from_each_upload() -> None:
 # ---- the options reach the server, on single and multipart uploads, per partition ----
 
 
-@pytest.fixture(scope="module")
-def seaweedfs() -> Iterator[SeaweedFS]:
-    with SeaweedFS() as server:
-        yield server
+@pytest.fixture
+def seaweedfs(s3_server: S3Server) -> S3Backend:
+    """The session's SeaweedFS (tests/s3backends.py starts it on first use)."""
+    return backend_for(SEAWEEDFS, s3_server)
 
 
 def flush_partitions(
@@ -206,7 +206,7 @@ def test_options_reach_moto_per_partition_on_single_and_multipart_uploads(stack:
     assert mpu_kms["StorageClass"] == "STANDARD_IA" and "SSEKMSKeyId" not in mpu_kms  # only kms/ has the key
 
 
-def test_options_reach_seaweedfs_on_single_and_multipart_uploads(stack: Stack, seaweedfs: SeaweedFS) -> None:
+def test_options_reach_seaweedfs_on_single_and_multipart_uploads(stack: Stack, seaweedfs: S3Backend) -> None:
     client = seaweedfs.client()
     bucket = f"opts-{stack.settings.require_bucket()[-20:]}".lower()
     client.create_bucket(Bucket=bucket)
@@ -282,7 +282,7 @@ def test_a_byte_flipped_on_the_way_to_moto_is_never_reported_uploaded(
         assert BatchReader(stack.s3).get(ref) == bodies[int(record.rsplit("/", 1)[1])]
 
 
-def test_a_byte_flipped_on_the_way_to_seaweedfs_is_refused_by_the_server(stack: Stack, seaweedfs: SeaweedFS) -> None:
+def test_a_byte_flipped_on_the_way_to_seaweedfs_is_refused_by_the_server(stack: Stack, seaweedfs: S3Backend) -> None:
     client = seaweedfs.client()
     bucket = f"flip-{stack.settings.require_bucket()[-20:]}".lower()
     client.create_bucket(Bucket=bucket)
