@@ -43,7 +43,7 @@ $(OLDEST_VENV)/bin/python: pyproject.toml
 
 test-oldest: $(OLDEST_VENV)/bin/python
 	./scripts/ensure-system-packages --test
-	$(OLDEST_VENV)/bin/python -m pytest $(E2E_TESTS)
+	$(OLDEST_VENV)/bin/python -m pytest --first-axes $(E2E_TESTS)
 
 lint: $(BIN)/s3batch
 	$(BIN)/ruff check batcher workers tests bench examples

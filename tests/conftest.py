@@ -58,9 +58,29 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that use services; deselect (pytest reports the count) the axis combinations not run:
+    RabbitMQ on SeaweedFS (the broker and the S3 server are independent: each axis runs against the other's
+    default), and every second axis value with ``--first-axes`` (`make test-oldest`: the oldest Celery, kombu,
+    redis-py and boto3 on Redis and moto, where the version differences are)."""
+    kept, dropped = [], []
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        broker, server = params.get("broker"), params.get("s3_backend")
+        first_only = config.getoption("--first-axes") and (
+            broker not in (None, "redis") or server not in (None, "moto")
+        )
+        (dropped if first_only or (broker == "rabbitmq" and server == "seaweedfs") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--first-axes", action="store_true", help="run the broker and S3-server axes on Redis and moto only"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -59,7 +59,6 @@ def test_a_hung_workers_messages_come_back_within_the_bound(broker: Broker, stac
     producer = create_app(stack.settings)  # the workers' visibility timeout (10 s), so its resend waits as long
     put_object = producer.tasks["s3batch.put_object"]
     hung = stack.start_worker(beat=False, concurrency=1, queues=QUEUE, S3BATCH_MAX_BATCH_AGE=1)
-    stack.start_worker(beat=True, concurrency=2, S3BATCH_MAX_BATCH_AGE=1)
     if broker.is_rabbitmq:
         assert f"broker_heartbeat {AMQP_HEARTBEAT_S} s" in hung.log()
     rng = random.Random(21)
@@ -72,6 +71,9 @@ def test_a_hung_workers_messages_come_back_within_the_bound(broker: Broker, stac
     hung.kill(signal.SIGSTOP)  # the whole group: main process (and its heartbeats) and pool process
     stopped = time.monotonic()
     try:
+        # Only now another worker: until the stop the hung one was the only consumer, so it holds prefetched
+        # messages (with two consumers it had sometimes taken none at the moment of the stop).
+        stack.start_worker(beat=True, concurrency=2, S3BATCH_MAX_BATCH_AGE=1)
         while ready_messages():  # the other worker takes everything the hung one does not hold
             assert time.monotonic() - stopped < 30
             time.sleep(0.2)
