@@ -192,6 +192,23 @@ def test_kombu_redis_transport_options_exist() -> None:
         assert option in Channel.from_transport_options, option
 
 
+def test_kombu_before_5_7_sweeps_for_dead_workers_messages_about_every_100_s() -> None:
+    """workers.redelivery's figure for kombu 5.5 and 5.6: the transport's 10 s timer calls QoS.restore_visible,
+    which scans on one call in its ``interval`` (10), besides the scan when a worker starts polling."""
+    from importlib.metadata import version
+
+    from kombu.transport.redis import QoS, Transport
+
+    from workers.redelivery import restore_sweep_s
+
+    if tuple(int(part) for part in version("kombu").split(".")[:2]) >= (5, 7):
+        assert restore_sweep_s(app.conf.broker_transport_options) == 5  # interval 5 x throttle 1 (workers.app)
+        return
+    assert inspect.signature(QoS.restore_visible).parameters["interval"].default == 10
+    assert "call_repeatedly(10, cycle.maybe_restore_messages)" in inspect.getsource(Transport.register_with_event_loop)
+    assert restore_sweep_s(app.conf.broker_transport_options) == 10 * 10
+
+
 def test_store_script_never_overwrites_a_final_state(backend: Any) -> None:
     task_id = str(uuid.uuid4())
     key = internals.result_key(backend, task_id)
