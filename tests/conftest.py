@@ -62,7 +62,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     RabbitMQ on SeaweedFS (the broker and the S3 server are independent: each axis runs against the other's
     default), and every second axis value with ``--first-axes`` (`make test-oldest`: the oldest Celery, kombu,
     redis-py and boto3 on Redis and moto, where the version differences are)."""
-    kept, dropped = [], []
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)

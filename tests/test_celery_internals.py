@@ -10,7 +10,7 @@ import inspect
 import json
 import logging
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import celery
 import pytest
@@ -192,6 +192,23 @@ def test_kombu_redis_transport_options_exist() -> None:
         assert option in Channel.from_transport_options, option
 
 
+def test_kombu_before_5_7_sweeps_for_dead_workers_messages_about_every_100_s() -> None:
+    """workers.redelivery's figure for kombu 5.5 and 5.6: the transport's 10 s timer calls QoS.restore_visible,
+    which scans on one call in its ``interval`` (10), besides the scan when a worker starts polling."""
+    from importlib.metadata import version
+
+    from kombu.transport.redis import QoS, Transport
+
+    from workers.redelivery import restore_sweep_s
+
+    if tuple(int(part) for part in version("kombu").split(".")[:2]) >= (5, 7):
+        assert restore_sweep_s(app.conf.broker_transport_options) == 5  # interval 5 x throttle 1 (workers.app)
+        return
+    assert inspect.signature(QoS.restore_visible).parameters["interval"].default == 10
+    assert "call_repeatedly(10, cycle.maybe_restore_messages)" in inspect.getsource(Transport.register_with_event_loop)
+    assert restore_sweep_s(app.conf.broker_transport_options) == 10 * 10
+
+
 def test_store_script_never_overwrites_a_final_state(backend: Any) -> None:
     task_id = str(uuid.uuid4())
     key = internals.result_key(backend, task_id)
@@ -223,3 +240,45 @@ def test_11_forgetting_the_pools_sends_the_next_message_to_the_broker_named_now(
     monkeypatch.undo()
     internals.forget_broker_connections(app)
     assert pools() == (first, True)
+
+
+def test_12_before_celery_5_7_dropping_a_result_stops_every_wait_on_its_id(backend: Any) -> None:
+    task_id = str(uuid.uuid4())
+    waiting: AsyncResult[Any] = AsyncResult(task_id, app=app)
+    backend.add_pending_result(waiting)
+    other: AsyncResult[Any] = AsyncResult(task_id, app=app)
+    del other  # AsyncResult.__del__
+    still_waiting = any(task_id in mapping for mapping in backend._pending_results)
+    assert still_waiting is (CELERY_VERSION >= (5, 7))
+    backend.remove_pending_result(waiting)
+
+
+def test_12_put_object_results_die_by_reference_counting_so_a_group_hears_its_members(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import weakref
+
+    from celery import group
+
+    from batcher.config import Settings
+    from workers.app import create_app
+
+    monkeypatch.delenv("CELERY_BROKER_URL")  # Celery prefers these to the settings
+    monkeypatch.delenv("CELERY_RESULT_BACKEND")
+    guest = create_app(Settings(bucket="contract"), {"broker_url": "memory://", "result_backend": redis_server.url(0)})
+    put_object = guest.tasks["s3batch.put_object"]
+    gc.disable()
+    try:
+        dropped = weakref.ref(put_object.delay("k", b"x"))
+        assert dropped() is None, "a put_object result is in a reference cycle"
+    finally:
+        gc.enable()
+    # group.apply_async drops what put_object.apply_async returns and waits on its frozen members
+    grouped = group(put_object.s(f"group/{i}", b"x") for i in range(3)).apply_async()
+    gc.collect()  # where a cycle would have kept a dropped result, its __del__ runs now
+    script = cast(Any, guest.backend).client.register_script(internals.STORE_SCRIPT)
+    for i, member in enumerate(cast(Any, grouped).results):
+        meta = internals.result_meta(guest.backend, member.id, "SUCCESS", {"n": i}, "2026-01-01T00:00:00+00:00")
+        script(keys=["", "", internals.result_key(guest.backend, member.id)], args=[60, 1, "", "", 0, meta])
+    assert grouped.get(timeout=10) == [{"n": 0}, {"n": 1}, {"n": 2}]

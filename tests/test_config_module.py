@@ -75,8 +75,21 @@ def test_a_bad_module_value_stops_the_worker_with_its_name(stack: Stack, tmp_pat
 
 def test_a_killed_workers_messages_come_back_within_the_visibility_timeout(stack: Stack, tmp_path: Path) -> None:
     """The module's broker_transport_options keep s3batch's 10 s timeout and 5 s sweep (they used to fall back
-    to kombu's hour): a SIGKILLed worker's prefetched messages are staged by another within about 15 s."""
+    to kombu's hour): a SIGKILLed worker's prefetched messages are staged by another within about 15 s.
+
+    Every message the dead worker held is due by the visibility timeout after the rescuer is ready; then it comes
+    back with the rescuer's next sweep. kombu before 5.7 sweeps only about every 100 s (README: supported
+    versions; measured 100 to 110 s after the rescuer's start: a scan when it starts polling, another 10 s later
+    or not, then one in ten calls of a 10 s timer), so there the test waits about two minutes."""
+    from workers.app import broker_transport_options
+    from workers.redelivery import restore_sweep_s
     from workers.tasks import put_object
+
+    options = broker_transport_options(stack.settings)  # the module's batch age is the stack's, 1 s
+    sweep_s = restore_sweep_s(options)
+    # After the rescuer is ready; + a flush and slack, and on kombu before 5.7 the 10 s its timer may take before
+    # the first scan that counts (measured: all back 100 s after the rescuer was ready; 135 s after the kill once).
+    bound_s = options["visibility_timeout"] + sweep_s + 15 + (10 if sweep_s >= 100 else 0)
 
     env = module_env(
         stack,
@@ -98,11 +111,14 @@ def test_a_killed_workers_messages_come_back_within_the_visibility_timeout(stack
     killed_at = time.monotonic()
     stack.workers.append(second := WorkerProcess(env, "rescuer", tmp_path, beat=True))
     second.wait_ready()
+    ready_at = time.monotonic()
     waiting = [r for r in results if r.state == "PENDING"]
     assert len(waiting) >= 20, "the killed worker held messages it had not run"
-    while any(r.state == "PENDING" for r in waiting) and time.monotonic() - killed_at < 40:
+    while any(r.state == "PENDING" for r in waiting) and time.monotonic() - ready_at < bound_s + 10:
         time.sleep(0.2)
     back = sum(r.state != "PENDING" for r in waiting)
+    took = f"kombu sweep every {sweep_s:.0f} s; rescuer ready {ready_at - killed_at:.1f} s after the kill, "
+    took += f"all back {time.monotonic() - ready_at:.1f} s after that"
     # kombu may lose the one message a worker popped but had not yet recorded (README: reliability).
-    assert back >= len(waiting) - 1, (back, len(waiting))
-    assert time.monotonic() - killed_at < 30
+    assert back >= len(waiting) - 1, (back, len(waiting), took)
+    assert time.monotonic() - ready_at < bound_s, took

@@ -45,6 +45,17 @@ newest supported Celery (see ``.ci/run``):
    URL of its first message; ``forget_broker_connections`` drops both (and
    kombu's registry of pools) so that the next message goes to the broker
    the configuration names now (the tests switch brokers in one process).
+12. RESULT LIFETIME: before Celery 5.7, ``AsyncResult.__del__`` calls
+   ``backend.remove_pending_result``, which forgets and unsubscribes the task
+   id whichever object waits on it (5.7 forgets only the object itself).
+   ``group`` and ``chord`` drop the result ``Task.apply_async`` returns and
+   wait on the member they froze, with the same id: a dropped result must die
+   at once, by reference counting, before the member registers. A result in a
+   reference cycle dies whenever the cycle collector runs, later, and then
+   silently stops the group's wait (``grouped.get()`` times out although every
+   result was published). So nothing a ``PutObjectResult`` holds refers back
+   to it (``tasks.PutObjectTask.apply_async``'s resend closure names the id,
+   not the result).
 
 And of kombu's Redis transport, documented options: ``unacked_key``,
 ``unacked_index_key`` and ``unacked_mutex_key`` (every supported kombu), and

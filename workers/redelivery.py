@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from typing import Any, Protocol
 
@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 MAX_RESENDS = 3
 _MARGIN_S = 5.0
-# kombu 5.7 sweeps for a dead worker's messages every unacked_restore_interval (5 s, workers.app); older ones
-# about every 100 s.
+# kombu 5.7 sweeps for a dead worker's messages every unacked_restore_interval x unacked_restore_throttle seconds
+# (5 x 1, workers.app); older ones scan on one call in 10 (QoS.restore_visible's interval) of a 10 s timer, so
+# about every 100 s after the scan a worker makes when it starts (tests/test_celery_internals.py holds kombu to it).
 _OLD_KOMBU_SWEEP_S = 100.0
 
 
@@ -42,13 +43,19 @@ class Resendable(Protocol):
     def resend(self) -> None: ...
 
 
+def restore_sweep_s(options: Mapping[str, Any]) -> float:
+    """How often a running worker's kombu looks for dead workers' messages, with these broker transport options."""
+    kombu_version = tuple(int(part) for part in version("kombu").split(".")[:2])
+    if kombu_version < (5, 7):
+        return _OLD_KOMBU_SWEEP_S
+    return float(options.get("unacked_restore_interval", 10)) * float(options.get("unacked_restore_throttle", 10))
+
+
 def lost_after_s(app: Celery) -> float:
     """How long a PENDING message may have been sent before it counts as lost: a dead worker's messages come
     back within the visibility timeout plus one sweep."""
     options = app.conf.broker_transport_options or {}
-    kombu_version = tuple(int(part) for part in version("kombu").split(".")[:2])
-    sweep = float(options.get("unacked_restore_interval", 10)) if kombu_version >= (5, 7) else _OLD_KOMBU_SWEEP_S
-    return float(options.get("visibility_timeout", 3600)) + sweep + _MARGIN_S
+    return float(options.get("visibility_timeout", 3600)) + restore_sweep_s(options) + _MARGIN_S
 
 
 def resend_lost(app: Celery, pending: Sequence[Resendable]) -> int:

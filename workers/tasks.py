@@ -77,9 +77,13 @@ class PutObjectTask(BaseTask):
         result = super().apply_async(args, kwargs, **options)
         if isinstance(result, PutObjectResult):
             result.sent_at = sent_at
+            task_id = result.id
 
+            # The closure names the task id, never the result: a result that refers to itself through its
+            # _resend would be freed only by the cycle collector, whose AsyncResult.__del__ on Celery before
+            # 5.7 stops the wait of whichever object waits on that id (celery_internals: 12. result lifetime).
             def resend() -> float:
-                again = {**options, "task_id": result.id, "headers": {**options["headers"]}}
+                again = {**options, "task_id": task_id, "headers": {**options["headers"]}}
                 again["headers"][internals.SENT_HEADER] = now = time.time()
                 super(PutObjectTask, self).apply_async(args, kwargs, **again)
                 return now
