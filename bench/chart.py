@@ -25,6 +25,7 @@ SCENARIO_BARS = (
     ("seaweedfs.naive16.objects_per_s", "SeaweedFS: naive boto3, 16 threads", "#bdbdbd"),
     ("seaweedfs.delay.objects_per_s", "SeaweedFS: put_object.delay()", "#8da0cb"),
     ("seaweedfs.batcher.objects_per_s", "SeaweedFS: Batcher.put_objects()", "#f2b48c"),
+    ("rabbitmq.delay.objects_per_s", "RabbitMQ broker: put_object.delay()", "#937860"),
 )
 # (figure key part, legend label, colour) of the second panel's groups.
 METHODS = (

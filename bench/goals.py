@@ -63,6 +63,8 @@ def record_run(figures: Figures, outcomes: dict[str, Outcome], bench: Bench) -> 
         "seaweedfs.naive16",
     )
     calls("seaweedfs.batcher", "SeaweedFS: Batcher.put_objects()", None)
+    rate("rabbitmq.delay", "RabbitMQ broker: put_object.delay()")
+    ratio("rabbitmq.delay.vs_redis", "RabbitMQ broker: delay() / Redis broker delay()", "rabbitmq.delay", "delay")
     for size in plan.sizes:
         tag, sl = f"size{size.size}", size.label
         for method, label in (("naive16", "naive 16 threads"), ("delay", "delay()"), ("batcher", "Batcher")):

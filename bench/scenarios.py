@@ -7,6 +7,7 @@ the tars in the bucket, and reads a sample back by ranged GET (BenchError if a b
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import zlib
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from bench.flush_batch import run_flush
 from bench.naive import run_naive
 from bench.outcome import Outcome
 from bench.services import Services
+from tests.services.rabbit import RabbitMQ, rabbitmq_available
+from workers.celery_internals import forget_broker_connections
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -298,6 +301,29 @@ def seaweedfs_runs(bench: Bench, run: int) -> dict[str, Outcome]:
     return out
 
 
+def rabbitmq_runs(bench: Bench, run: int) -> dict[str, Outcome]:
+    """Scenario 9: scenario 3 (``put_object.delay()``) with RabbitMQ as the broker, in the same run as on Redis.
+
+    A fresh vhost on the local RabbitMQ node (the tests' launcher) carries the put_object messages of the producer
+    and of the restarted workers, as ``CELERY_BROKER_URL`` (which Celery reads before its own setting); staging
+    and results stay on Redis. Producer and workers go back to Redis afterwards.
+    """
+    reason = rabbitmq_available()
+    if reason is not None:
+        raise BenchError(f"scenario rabbitmq: RabbitMQ cannot run here: {reason}")
+    with RabbitMQ() as rabbit:
+        redis_broker = os.environ["CELERY_BROKER_URL"]
+        os.environ["CELERY_BROKER_URL"] = rabbit.url
+        forget_broker_connections(bench.app)
+        try:
+            bench.services.restart_workers(bench.app, {"CELERY_BROKER_URL": rabbit.url})
+            return {"rabbitmq.delay": delay_run(bench, run, "rabbitmq-delay")}
+        finally:
+            os.environ["CELERY_BROKER_URL"] = redis_broker
+            forget_broker_connections(bench.app)  # before the vhost (and the connections to it) goes
+            bench.services.restart_workers(bench.app)
+
+
 Scenario = Callable[[Bench, int], dict[str, Outcome]]
 
 SCENARIOS: dict[str, Scenario] = {
@@ -309,4 +335,5 @@ SCENARIOS: dict[str, Scenario] = {
     "flush": flush_run,
     "sizes": size_runs,
     "seaweedfs": seaweedfs_runs,
+    "rabbitmq": rabbitmq_runs,
 }

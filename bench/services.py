@@ -57,7 +57,8 @@ class Services:
 
     def start_workers(self, app: Any, count: int, concurrency: int, s3_env: dict[str, str] | None = None) -> None:
         """Start ``count`` workers of ``concurrency`` processes (the first with beat) and wait for their pings;
-        ``s3_env`` (AWS_* variables) points them at another S3 server than moto."""
+        ``s3_env`` (AWS_* variables, or CELERY_BROKER_URL) points them at another S3 server than moto, or at
+        another broker than Redis."""
         env = {**self.env, **(s3_env or {})}
         self.shape = (count, concurrency)
         first = len(self.workers)
@@ -69,7 +70,7 @@ class Services:
         wait_ready(app, self.workers[first:])
 
     def restart_workers(self, app: Any, s3_env: dict[str, str] | None = None) -> None:
-        """Stop the running workers and start as many, pointed at moto or (``s3_env``) another server."""
+        """Stop the running workers and start as many, pointed at moto and Redis or (``s3_env``) elsewhere."""
         for worker in self.workers:
             worker.stop()
         self.workers.clear()  # stopped: never signalled again
