@@ -22,7 +22,7 @@ import binascii
 import difflib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -78,14 +78,17 @@ def parse_args(value: object, where: str) -> str:
 
     ``value`` is JSON text or a mapping (from the configuration module); text is parsed once per process.
     """
-    if isinstance(value, str):
-        return _parse_text(value, where)
-    return _parse(value, where)
+    return _canonical(_parse, value, where)
+
+
+def _canonical(parse: Callable[[object, str], str], value: object, where: str) -> str:
+    """``parse(value, where)``; JSON text (hashable, and the same text for every Settings) only once per process."""
+    return _parsed_text(parse, value, where) if isinstance(value, str) else parse(value, where)
 
 
 @cache
-def _parse_text(value: str, where: str) -> str:
-    return _parse(value, where)
+def _parsed_text(parse: Callable[[object, str], str], value: str, where: str) -> str:
+    return parse(value, where)
 
 
 def _parse(value: object, where: str) -> str:
@@ -96,14 +99,7 @@ def _parse(value: object, where: str) -> str:
 
 def parse_partition_args(value: object, where: str) -> str:
     """Per-partition upload arguments (``{"bucket" or "bucket/prefix": {...}}``) as canonical JSON text."""
-    if isinstance(value, str):
-        return _parse_partition_text(value, where)
-    return _parse_partition(value, where)
-
-
-@cache
-def _parse_partition_text(value: str, where: str) -> str:
-    return _parse_partition(value, where)
+    return _canonical(_parse_partition, value, where)
 
 
 def _parse_partition(value: object, where: str) -> str:
